@@ -1,0 +1,67 @@
+"""The `cnnc` command line: each pipeline stage registers its own subcommands.
+
+Stage modules named here import only argparse at module level and load their heavy
+dependencies (torch, onnx, onnxruntime) inside the handlers, so that `cnnc check` stays fast.
+Exit codes: 0 success, 1 the user's input is wrong, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from cnnc import __version__
+from cnnc.errors import CnncError
+
+EXIT_OK, EXIT_INPUT_ERROR, EXIT_USAGE = 0, 1, 2
+
+# Modules with an `add_commands(subparsers)` function, in pipeline order.
+STAGE_CLIS = (
+    "cnnc.compiler.cli",
+    "cnnc.training.cli",
+    "cnnc.export.cli",
+    "cnnc.runtime.cli",
+)
+
+
+class UsageError(Exception):
+    """A command was called wrongly (a missing file, contradictory flags): exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cnnc",
+        description="A compiler for convolutional networks: check, summarise, train, export and run .cnn specs.",
+    )
+    parser.add_argument("--version", action="version", version=f"cnnc {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_name in STAGE_CLIS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as missing:
+            if missing.name != module_name:
+                raise
+            continue
+        module.add_commands(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or EXIT_OK)
+    except UsageError as error:
+        print(f"cnnc {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except CnncError as error:
+        print(f"cnnc {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    except KeyboardInterrupt:
+        print(f"cnnc {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

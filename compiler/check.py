@@ -1,0 +1,139 @@
+"""The front end's entry point: a spec file in, a checked Program and diagnostics out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from cnnc.compiler.elaborate import DUPLICATE_NAME, Elaborator
+from cnnc.compiler.ir import Graph, Program
+from cnnc.compiler.loader import load
+from cnnc.compiler.ops import DEFAULT_WEIGHT_INIT, WRONG_RANK
+from cnnc.compiler.train_config import TrainConfig, check_train
+from cnnc.compiler.values import EvaluationError, Located, evaluate
+from cnnc.dsl import syntax_tree as st
+from cnnc.dsl.diagnostics import Diagnostic, DiagnosticSink, error, sort_key, warning
+
+DEFAULT_MAX_PARAMS = 1_000_000_000
+DOUBLE_SOFTMAX = "W003"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    program: Program | None
+    diagnostics: tuple[Diagnostic, ...]
+    sources: Mapping[str, str]
+
+    @property
+    def has_errors(self) -> bool:
+        return any(d.is_error for d in self.diagnostics)
+
+
+def check_file(path: str | Path, *, text: str | None = None, max_params: int = DEFAULT_MAX_PARAMS) -> CheckResult:
+    loaded = load(path, text)
+    sink = DiagnosticSink()
+    sink.extend(loaded.diagnostics)
+    program = None
+    if loaded.main is not None:
+        program = _check_tree(loaded.main, loaded.included, loaded.sources, sink, max_params)
+    ordered = tuple(sorted(sink.items, key=sort_key))
+    return CheckResult(None if sink.has_errors else program, ordered, loaded.sources)
+
+
+def _check_tree(main: st.SourceFile, included: list[st.SourceFile], sources: Mapping[str, str],
+                sink: DiagnosticSink, max_params: int) -> Program | None:
+    files = [*included, main]
+    constants = _constants(files, sink)
+    blocks = _blocks(files, sink)
+    for extra in main.models[1:]:
+        sink.add(error(DUPLICATE_NAME, f"a spec holds one model; '{extra.name}' is a second", extra.name_span,
+                       f"'{main.models[0].name}' is on line {main.models[0].span.line}; put each in its own file"))
+    train = _train(main, constants, sink)
+    if not main.models:
+        return None
+    elaborator = Elaborator(constants, blocks, sink, DEFAULT_WEIGHT_INIT)
+    graph = elaborator.model(main.models[0], max_params)
+    if graph is None:
+        return None
+    if main.trains:
+        _check_training_output(graph, train, main.trains[0], sink)
+    return Program(graph, train, dict(sources), elaborator.weight_init)
+
+
+def _constants(files: list[st.SourceFile], sink: DiagnosticSink) -> dict[str, Located]:
+    constants: dict[str, Located] = {}
+    for file in files:
+        for const in file.consts:
+            if const.name in constants:
+                sink.add(error(DUPLICATE_NAME, f"constant '{const.name}' is already defined", const.span,
+                               f"first defined at {_where(constants[const.name].span)}"))
+                continue
+            try:
+                constants[const.name] = evaluate(const.value, constants)
+            except EvaluationError as failure:
+                sink.add(failure.diagnostic)
+    return constants
+
+
+def _blocks(files: list[st.SourceFile], sink: DiagnosticSink) -> dict[str, st.Block]:
+    from cnnc.compiler.ops import OPS
+
+    blocks: dict[str, st.Block] = {}
+    for file in files:
+        for block in file.blocks:
+            if block.name in OPS:
+                sink.add(error(DUPLICATE_NAME, f"block '{block.name}' has the name of a built-in layer",
+                               block.name_span, "choose another name"))
+            elif block.name in blocks:
+                sink.add(error(DUPLICATE_NAME, f"block '{block.name}' is already defined", block.name_span,
+                               f"first defined at {_where(blocks[block.name].span)}"))
+            else:
+                blocks[block.name] = block
+    return blocks
+
+
+def _train(main: st.SourceFile, constants: Mapping[str, Located], sink: DiagnosticSink) -> TrainConfig | None:
+    for extra in main.trains[1:]:
+        sink.add(error(DUPLICATE_NAME, "a spec holds one train section; this is a second", extra.span))
+    if not main.trains:
+        return None
+    config, problems = check_train(main.trains[0], constants)
+    sink.extend(problems)
+    return config
+
+
+def _check_training_output(graph: Graph, train: TrainConfig | None, section: st.Train, sink: DiagnosticSink) -> None:
+    output = graph.output_node
+    if len(output.shape) != 1:
+        sink.add(error(WRONG_RANK, f"the model's output '{output.name}' is {'x'.join(map(str, output.shape))}, "
+                                   "but training needs a flat vector of class scores", output.span,
+                       "end the model with flatten and dense, or global_avgpool"))
+    if train is None or not train.loss.get("from_logits", False):
+        return
+    softmax_at = _final_softmax(graph)
+    if softmax_at is not None:
+        loss_line = next((s.span.line for s in section.settings if s.key == "loss"), section.span.line)
+        sink.add(warning(
+            DOUBLE_SOFTMAX, f"the model ends in softmax ('{softmax_at.name}'), and the loss applies softmax again",
+            softmax_at.span,
+            f"cross_entropy (line {loss_line}) takes logits and applies log-softmax itself; the double softmax "
+            "flattens gradients and slows training",
+            "remove the softmax (cnnc export can add one for deployment), "
+            "or write `loss cross_entropy(from_logits=false)`",
+        ))
+
+
+def _final_softmax(graph: Graph):
+    node = graph.output_node
+    while True:
+        activation = node.attrs.get("activation")
+        if node.op == "softmax" or activation is not None and activation.name == "softmax":
+            return node
+        if node.op not in ("dropout", "identity", "flatten") or not node.inputs:
+            return None
+        node = graph.node(node.inputs[0])
+
+
+def _where(span) -> str:
+    return f"{span.path}:{span.line}"

@@ -1,0 +1,76 @@
+"""Reading a spec and the files it includes, with include cycles and missing files diagnosed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cnnc.dsl import syntax_tree as st
+from cnnc.dsl.diagnostics import Diagnostic, error
+from cnnc.dsl.parser import parse
+
+INCLUDE_CYCLE = "E023"
+INCLUDE_ERROR = "E024"
+
+
+@dataclass
+class LoadedSpec:
+    main: st.SourceFile | None
+    included: list[st.SourceFile] = field(default_factory=list)  # dependencies first
+    sources: dict[str, str] = field(default_factory=dict)
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+
+def read_text(path: Path) -> str:
+    """A file's text; undecodable bytes become U+FFFD so that they reach the parser as errors."""
+    return path.read_bytes().decode("utf-8", errors="replace")
+
+
+def load(path: str | Path, text: str | None = None) -> LoadedSpec:
+    """Parse `path` (or the given text under that name) and, recursively, its includes."""
+    loaded = LoadedSpec(None)
+    display = str(path)
+    source = read_text(Path(path)) if text is None else text
+    loaded.main = _parse_into(loaded, display, source)
+    if loaded.main is not None:
+        _follow_includes(loaded, loaded.main, Path(path).resolve(), (Path(path).resolve(),), set())
+    return loaded
+
+
+def _parse_into(loaded: LoadedSpec, display: str, text: str) -> st.SourceFile | None:
+    loaded.sources[display] = text
+    tree, problems = parse(text, display)
+    loaded.diagnostics += problems
+    return tree
+
+
+def _follow_includes(loaded: LoadedSpec, tree: st.SourceFile, real: Path, stack: tuple[Path, ...],
+                     done: set[Path]) -> None:
+    for include in tree.includes:
+        target = (real.parent / include.path).resolve()
+        display = _display_path(tree.path, include.path)
+        if target in stack:
+            chain = " -> ".join(p.name for p in (*stack[stack.index(target):], target))
+            loaded.diagnostics.append(error(INCLUDE_CYCLE, f"include cycle: {chain}", include.span,
+                                            "a file cannot include itself, directly or through others"))
+            continue
+        if target in done:
+            continue
+        if not target.is_file():
+            loaded.diagnostics.append(error(INCLUDE_ERROR, f'cannot include "{include.path}": no such file',
+                                            include.span, f"looked for {target}"))
+            continue
+        done.add(target)
+        child = _parse_into(loaded, display, read_text(target))
+        if child is None:
+            continue
+        _follow_includes(loaded, child, target, (*stack, target), done)
+        for model in child.models:
+            loaded.diagnostics.append(error(INCLUDE_ERROR, f"included file {display} defines model '{model.name}'",
+                                            model.name_span, "included files share blocks and constants only"))
+        loaded.included.append(child)
+
+
+def _display_path(including: str, included: str) -> str:
+    parent = Path(including).parent
+    return str(parent / included) if str(parent) != "." else included
