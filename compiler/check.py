@@ -30,8 +30,10 @@ class CheckResult:
         return any(d.is_error for d in self.diagnostics)
 
 
-def check_file(path: str | Path, *, text: str | None = None, max_params: int = DEFAULT_MAX_PARAMS) -> CheckResult:
-    loaded = load(path, text)
+def check_file(path: str | Path, *, text: str | None = None, sources: Mapping[str, str] | None = None,
+               max_params: int = DEFAULT_MAX_PARAMS) -> CheckResult:
+    """Check a spec file. `text` and `sources` stand in for files on disk (see loader.load)."""
+    loaded = load(path, text, sources)
     sink = DiagnosticSink()
     sink.extend(loaded.diagnostics)
     program = None

@@ -233,7 +233,7 @@ class Elaborator:
         attrs = {**bound, **inferred.attrs}
         if op.name in WEIGHTED_OPS:
             attrs["init"] = attrs["init"] or self.weight_init
-            attrs["bias_init"] = attrs["bias_init"] or op_rules.DEFAULT_BIAS_INIT
+            attrs["bias_init"] = attrs["bias_init"] or op_rules.default_bias_init(attrs["init"])
         cost = op.cost(attrs, tuple(t.shape for t in inputs), inferred.shape)
         field_ = _receptive_field(op, attrs, inputs)
         keeps_shape = not op.is_merge and inferred.shape == inputs[0].shape and not op.windowed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,14 +27,20 @@ def read_text(path: Path) -> str:
     return path.read_bytes().decode("utf-8", errors="replace")
 
 
-def load(path: str | Path, text: str | None = None) -> LoadedSpec:
-    """Parse `path` (or the given text under that name) and, recursively, its includes."""
+def load(path: str | Path, text: str | None = None, sources: Mapping[str, str] | None = None) -> LoadedSpec:
+    """Parse `path` and, recursively, its includes.
+
+    `text` replaces the main file's contents; `sources` maps display paths (as diagnostics show
+    them, e.g. "specs/lib/blocks.cnn") to texts used instead of reading those files, so that a
+    spec saved with a checkpoint is checked again exactly as it was, wherever it is now.
+    """
     loaded = LoadedSpec(None)
+    saved = dict(sources or {})
     display = str(path)
-    source = read_text(Path(path)) if text is None else text
+    source = text if text is not None else saved[display] if display in saved else read_text(Path(path))
     loaded.main = _parse_into(loaded, display, source)
     if loaded.main is not None:
-        _follow_includes(loaded, loaded.main, Path(path).resolve(), (Path(path).resolve(),), set())
+        _follow_includes(loaded, loaded.main, Path(path).resolve(), (Path(path).resolve(),), set(), saved)
     return loaded
 
 
@@ -45,7 +52,7 @@ def _parse_into(loaded: LoadedSpec, display: str, text: str) -> st.SourceFile | 
 
 
 def _follow_includes(loaded: LoadedSpec, tree: st.SourceFile, real: Path, stack: tuple[Path, ...],
-                     done: set[Path]) -> None:
+                     done: set[Path], saved: Mapping[str, str]) -> None:
     for include in tree.includes:
         target = (real.parent / include.path).resolve()
         display = _display_path(tree.path, include.path)
@@ -56,15 +63,18 @@ def _follow_includes(loaded: LoadedSpec, tree: st.SourceFile, real: Path, stack:
             continue
         if target in done:
             continue
-        if not target.is_file():
+        done.add(target)
+        if display in saved:
+            child = _parse_into(loaded, display, saved[display])
+        elif not target.is_file():
             loaded.diagnostics.append(error(INCLUDE_ERROR, f'cannot include "{include.path}": no such file',
                                             include.span, f"looked for {target}"))
             continue
-        done.add(target)
-        child = _parse_into(loaded, display, read_text(target))
+        else:
+            child = _parse_into(loaded, display, read_text(target))
         if child is None:
             continue
-        _follow_includes(loaded, child, target, (*stack, target), done)
+        _follow_includes(loaded, child, target, (*stack, target), done, saved)
         for model in child.models:
             loaded.diagnostics.append(error(INCLUDE_ERROR, f"included file {display} defines model '{model.name}'",
                                             model.name_span, "included files share blocks and constants only"))

@@ -106,7 +106,11 @@ INITIALIZER_ARGS: dict[str, tuple[ArgSpec, ...]] = {
 }
 INITIALIZER = OneOf("an initializer", INITIALIZER_ARGS)
 DEFAULT_WEIGHT_INIT = Option("glorot_uniform")
-DEFAULT_BIAS_INIT = Option("zeros")
+
+
+def default_bias_init(weight_init: Option) -> Option:
+    """Biases start at zero, except under PyTorch's own scheme, which draws them too."""
+    return weight_init if weight_init.name == "torch_default" else Option("zeros")
 
 
 # --- helpers for rules --------------------------------------------------------------------------
@@ -189,7 +193,7 @@ def _dropped_warning(label: str, padding, dropped: list) -> tuple[str, tuple[str
         padded = f"{size} + {sum(pads)}" if any(pads) else f"{size}"
         unread = f"{unit} {size - 1}" if count == 1 else f"{unit}s {size - count}-{size - 1}"
         arithmetic.append(f"{axis_name}: ({padded} - {reach}) % {stride} = {(size + sum(pads) - reach) % stride}, "
-                          f"so input {unread} (counting from 0) never reach a window")
+                          f"so input {unread} (counting from 0) {'is' if count == 1 else 'are'} never read")
     kernel, stride = dropped[0][2], dropped[0][3]
     mode = "valid padding" if padding == (0, 0, 0, 0) else "this padding"
     message = f"{label}: a {kernel}-wide window with stride {stride} and {mode} never reads {' and '.join(parts)} of its input"

@@ -138,7 +138,7 @@ class Model:
 
     def _checked_float_batch(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch)
-        if not np.issubdtype(batch.dtype, np.floating):
+        if batch.dtype.kind != "f":
             raise CnncError(
                 f"predict takes a preprocessed float32 batch, received dtype {batch.dtype}; "
                 "for uint8 images use classify(), or preprocess() to turn them into the model's input"
@@ -170,9 +170,9 @@ def _run_with_io_binding(session: ort.InferenceSession, input_name: str, output_
 
 def check_batch_shape(shape: tuple[int, ...], expected: InputShape) -> None:
     """Raise a CnncError naming the expected and received shapes unless `shape` is a non-empty (N, C, H, W)."""
-    expected_text = f"(N, {', '.join('?' if size is None else str(size) for size in expected)})"
     problem = _shape_problem(shape, expected)
     if problem:
+        expected_text = f"(N, {', '.join('?' if size is None else str(size) for size in expected)})"
         raise CnncError(f"expected a batch of shape {expected_text}, received {tuple(shape)}: {problem}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import pytest
+from PIL import Image
 from test_runtime_support import (
     cnnc_metadata,
     classifier,
@@ -220,6 +222,33 @@ def test_cuda_listed_but_not_loadable_is_caught(gray_path, monkeypatch):
         assert Model.load(gray_path, provider="auto").provider == "cpu"
 
 
+def test_cuda_session_that_fails_to_start_is_caught(gray_path, tmp_path, monkeypatch):
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    real_session = onnxruntime.InferenceSession
+
+    def session(path, sess_options=None, providers=()):
+        if "CUDAExecutionProvider" in providers:
+            raise RuntimeError("libcudnn.so.9: cannot open shared object file")
+        return real_session(path, sess_options=sess_options, providers=providers)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", session)
+    with pytest.raises(CnncError, match="could not start CUDAExecutionProvider: libcudnn.so.9: cannot open"):
+        Model.load(gray_path, provider="cuda")
+    with pytest.warns(ProviderFallbackWarning, match="libcudnn"):
+        assert Model.load(gray_path, provider="cuda", fallback=True).provider == "cpu"
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"junk")
+    with pytest.raises(CnncError, match="is not a valid ONNX model"):  # the model's fault, not CUDA's
+        Model.load(junk, provider="cuda")
+
+
+def test_io_binding_path_gives_the_same_results(gray):
+    # The path taken on CUDA; onnxruntime's IO binding works on CPU sessions too, so test it here.
+    as_if_on_cuda = dataclasses.replace(gray, provider="cuda")
+    batch = reference_preprocess(random_images(5))
+    np.testing.assert_allclose(as_if_on_cuda.predict(batch), gray.predict(batch), rtol=1e-6)
+
+
 # --- predict and probabilities ------------------------------------------------------------------
 
 
@@ -356,7 +385,7 @@ def test_classify_forms_of_rgb_arrays(rgb):
     check_predictions(rgb, rgb.classify(channels_last[1]), images[1:2], ["#0"])
 
 
-def test_classify_files_and_arrays_mixed(gray, rgb, tmp_path):
+def test_classify_files_and_arrays_mixed(gray, tmp_path):
     images = random_images(3)
     paths = [write_png(tmp_path / f"digit{index}.png", image[0]) for index, image in enumerate(images)]
     check_predictions(gray, gray.classify(paths), images, [str(path) for path in paths])
@@ -368,7 +397,7 @@ def test_classify_files_and_arrays_mixed(gray, rgb, tmp_path):
 def test_classify_converts_files_to_the_model_colour_mode(gray, rgb, tmp_path):
     rgb_pixels = random_images(1, channels=3)[0].transpose(1, 2, 0)
     path = write_png(tmp_path / "colour.png", rgb_pixels)
-    as_gray = np.asarray(__import__("PIL.Image").Image.fromarray(rgb_pixels).convert("L"))
+    as_gray = np.asarray(Image.fromarray(rgb_pixels).convert("L"))
     check_predictions(gray, gray.classify(path), as_gray[None, None], [str(path)])
     gray_path = write_png(tmp_path / "gray.png", rgb_pixels[..., 0])
     as_rgb = np.repeat(rgb_pixels[None, ..., :1], 3, axis=-1).transpose(0, 3, 1, 2)

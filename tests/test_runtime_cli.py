@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import pytest
+from PIL import Image
 from test_runtime_support import cnnc_metadata, classifier, random_images, reference_output, reference_preprocess, save, write_png
 
 import cnnc.datasets
@@ -39,7 +40,7 @@ def pngs(tmp_path_factory) -> list[Path]:
 
 
 def expected_labels(proto, paths: list[Path]) -> list[str]:
-    pixels = np.stack([np.asarray(__import__("PIL.Image").Image.open(path))[None] for path in paths])
+    pixels = np.stack([np.asarray(Image.open(path))[None] for path in paths])
     return [XO_LABELS[index] for index in reference_output(proto, reference_preprocess(pixels)).argmax(axis=1)]
 
 

@@ -1,0 +1,126 @@
+"""Initial weights, in numpy: the one documented source of them for every backend.
+
+`cnnc compile` (no torch) and a fresh PyTorch module built with the same seed hold identical weights.
+Names and layouts are PyTorch's state_dict conventions:
+    conv / depthwise_conv   X.weight (filters, in_channels / groups, kh, kw), X.bias (filters,)
+    dense                   X.weight (units, in_features), X.bias (units,)
+    batchnorm               X.weight, X.bias (affine only), X.running_mean, X.running_var (C,)
+Each array has its own random stream, seeded by (seed, crc32(name)), so adding a layer leaves the
+others' initial values unchanged.
+
+Initializers follow Keras's definitions, with fan_in = in_channels / groups * kh * kw (or
+in_features) and fan_out = filters * kh * kw (or units):
+    glorot_uniform  U(-a, a), a = sqrt(6 / (fan_in + fan_out))            (the default, as in Keras)
+    glorot_normal   truncated normal, std = sqrt(2 / (fan_in + fan_out)) / 0.8796
+    he_uniform      U(-a, a), a = sqrt(6 / fan_in);   he_normal  std = sqrt(2 / fan_in) / 0.8796
+    lecun_uniform   U(-a, a), a = sqrt(3 / fan_in);   lecun_normal  std = sqrt(1 / fan_in) / 0.8796
+    normal(std, mean), truncated_normal(std, mean) (cut at 2 std), uniform(limit), constant(value),
+    zeros, ones, torch_default (PyTorch's own: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), weight and bias)
+The 0.8796 corrects the standard deviation lost by cutting the normal at 2 standard deviations.
+Biases default to zeros (torch_default's to its own uniform); batch norm starts at weight 1, bias 0, mean 0, variance 1.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Callable
+
+import numpy as np
+
+from cnnc.compiler.arguments import Option
+from cnnc.compiler.ir import Graph, Node
+
+TRUNCATION_STD_CORRECTION = 0.87962566103423978
+
+
+def parameter_shapes(graph: Graph) -> dict[str, tuple[int, ...]]:
+    """The name and shape of every parameter and buffer, in graph order."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for node in graph.nodes:
+        for name, (shape, _) in _arrays(node).items():
+            shapes[name] = shape
+    return shapes
+
+
+def initial_weights(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
+    weights: dict[str, np.ndarray] = {}
+    for node in graph.nodes:
+        fans = _fans(node)
+        for name, (shape, init) in _arrays(node).items():
+            rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+            weights[name] = _initialize(init, shape, fans, rng).astype(np.float32)
+    return weights
+
+
+def _arrays(node: Node) -> dict[str, tuple[tuple[int, ...], Option]]:
+    """Each array of a node: its shape and the initializer that fills it."""
+    attrs = node.attrs
+    if node.op in ("conv", "depthwise_conv"):
+        kh, kw = attrs["kernel"]
+        weight = (attrs["filters"], attrs["in_channels"] // attrs["groups"], kh, kw)
+        return _with_bias(node, weight, attrs["filters"])
+    if node.op == "dense":
+        return _with_bias(node, (attrs["units"], attrs["in_features"]), attrs["units"])
+    if node.op == "batchnorm":
+        channels = (node.shape[0],)
+        arrays = {f"{node.name}.weight": (channels, Option("ones")), f"{node.name}.bias": (channels, Option("zeros"))}
+        if not attrs["affine"]:
+            arrays = {}
+        arrays[f"{node.name}.running_mean"] = (channels, Option("zeros"))
+        arrays[f"{node.name}.running_var"] = (channels, Option("ones"))
+        return arrays
+    return {}
+
+
+def _with_bias(node: Node, weight: tuple[int, ...], outputs: int) -> dict[str, tuple[tuple[int, ...], Option]]:
+    arrays = {f"{node.name}.weight": (weight, node.attrs["init"])}
+    if node.attrs["bias"]:
+        arrays[f"{node.name}.bias"] = ((outputs,), node.attrs["bias_init"])
+    return arrays
+
+
+def _fans(node: Node) -> tuple[int, int]:
+    attrs = node.attrs
+    if node.op in ("conv", "depthwise_conv"):
+        kh, kw = attrs["kernel"]
+        return attrs["in_channels"] // attrs["groups"] * kh * kw, attrs["filters"] * kh * kw
+    if node.op == "dense":
+        return attrs["in_features"], attrs["units"]
+    return 1, 1
+
+
+def _truncated_normal(rng: np.random.Generator, shape: tuple[int, ...], mean: float, std: float) -> np.ndarray:
+    values = rng.standard_normal(shape)
+    outside = np.abs(values) > 2
+    while outside.any():
+        values[outside] = rng.standard_normal(int(outside.sum()))
+        outside = np.abs(values) > 2
+    return mean + std * values
+
+
+def _uniform(rng: np.random.Generator, shape: tuple[int, ...], limit: float) -> np.ndarray:
+    return rng.uniform(-limit, limit, shape)
+
+
+_SCHEMES: dict[str, Callable[[Option, tuple[int, ...], tuple[int, int], np.random.Generator], np.ndarray]] = {
+    "glorot_uniform": lambda o, s, f, r: _uniform(r, s, math.sqrt(6 / (f[0] + f[1]))),
+    "glorot_normal": lambda o, s, f, r: _truncated_normal(
+        r, s, 0.0, math.sqrt(2 / (f[0] + f[1])) / TRUNCATION_STD_CORRECTION),
+    "he_uniform": lambda o, s, f, r: _uniform(r, s, math.sqrt(6 / f[0])),
+    "he_normal": lambda o, s, f, r: _truncated_normal(r, s, 0.0, math.sqrt(2 / f[0]) / TRUNCATION_STD_CORRECTION),
+    "lecun_uniform": lambda o, s, f, r: _uniform(r, s, math.sqrt(3 / f[0])),
+    "lecun_normal": lambda o, s, f, r: _truncated_normal(
+        r, s, 0.0, math.sqrt(1 / f[0]) / TRUNCATION_STD_CORRECTION),
+    "normal": lambda o, s, f, r: o["mean"] + o["std"] * r.standard_normal(s),
+    "truncated_normal": lambda o, s, f, r: _truncated_normal(r, s, o["mean"], o["std"]),
+    "uniform": lambda o, s, f, r: _uniform(r, s, o["limit"]),
+    "constant": lambda o, s, f, r: np.full(s, o["value"]),
+    "zeros": lambda o, s, f, r: np.zeros(s),
+    "ones": lambda o, s, f, r: np.ones(s),
+    "torch_default": lambda o, s, f, r: _uniform(r, s, 1 / math.sqrt(f[0])),
+}
+
+
+def _initialize(init: Option, shape: tuple[int, ...], fans: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    return _SCHEMES[init.name](init, shape, fans, rng)
