@@ -24,9 +24,10 @@ BAD_CALL = "E007"
 class ArgError(Exception):
     """A value that does not fit its argument; `code` says whether the type or the range is wrong."""
 
-    def __init__(self, message: str, code: str = WRONG_TYPE) -> None:
+    def __init__(self, message: str, code: str = WRONG_TYPE, notes: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.code = code
+        self.notes = notes
 
 
 class Kind(Protocol):
@@ -138,8 +139,10 @@ class Padding:
     description: str = "valid, same, an integer, (height, width) or (top, bottom, left, right)"
 
     def convert(self, value: Any) -> str | tuple[int, int, int, int]:
-        if isinstance(value, Symbol) and value.name in ("valid", "same"):
-            return value.name
+        if isinstance(value, Symbol) and value.name == "same":
+            return "same"
+        if isinstance(value, Symbol) and value.name == "valid":
+            return (0, 0, 0, 0)
         items = value if isinstance(value, tuple) else (value,)
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in items) or len(items) not in (1, 2, 4):
             hint = _suggestion(value.name, ("valid", "same")) if isinstance(value, Symbol) else ""
@@ -220,7 +223,7 @@ class OneOf:
             raise ArgError(f"must be {self.description}{_suggestion(name, tuple(self.options))}")
         bound, problems = bind(name, self.options[name], args, kwargs, span)
         if problems:
-            raise ArgError(problems[0].message, problems[0].code)
+            raise ArgError(problems[0].message, problems[0].code, problems[0].notes)
         return Option(name, tuple(bound.items()))
 
 
@@ -260,9 +263,12 @@ def bind(
             break
         given[positional_specs[index].name] = located
     by_name = {s.name: s for s in specs}
+    suggested: set[str] = set()
     for keyword, located in kwargs:
         if keyword not in by_name:
-            notes = [f"did you mean '{m}'?" for m in difflib.get_close_matches(keyword, by_name, n=1)]
+            matches = difflib.get_close_matches(keyword, by_name, n=1)
+            suggested.update(matches)
+            notes = [f"did you mean '{m}'?" for m in matches]
             notes.append(f"{what} takes: {', '.join(by_name) or 'no arguments'}")
             problems.append(error(UNKNOWN_ARGUMENT, f"{what} has no argument '{keyword}'", located.span, *notes))
         elif keyword in given:
@@ -277,7 +283,10 @@ def bind(
                 values[spec.name] = spec.kind.convert(located.value)
             except ArgError as bad:
                 received = f"Received: {spec.name}={format_value(located.value)}"
-                problems.append(error(bad.code, f"{what}: argument '{spec.name}' {bad}", located.span, received))
+                problems.append(error(bad.code, f"{what}: argument '{spec.name}' {bad}", located.span,
+                                      *bad.notes, received))
+        elif spec.default is REQUIRED and spec.name in suggested:
+            continue  # the misspelt keyword's error already points here
         elif spec.default is REQUIRED:
             usage = ", ".join(s.name for s in specs if s.default is REQUIRED)
             problems.append(error(

@@ -69,21 +69,24 @@ class Elaborator:
         self.sink = sink
         self.weight_init = weight_init
         self.nodes: dict[str, Node | None] = {}
+        self.has_input = False
         self.consumers: dict[str, int] = {}
 
     # --- entry ------------------------------------------------------------------------------------
 
     def model(self, model: st.Model, max_params: int) -> Graph | None:
         scope = Scope("", dict(self.constants), reserved=_assigned_names(model.body))
+        errors_before = sum(d.is_error for d in self.sink.items)
+        self.has_input = any(isinstance(s, st.InputDecl) for s in model.body)
         self.weight_init = self._model_init(model.body, scope) or self.weight_init
         self._body(model.body, scope)
         inputs = [n for n in self.nodes.values() if n is not None and n.op == "input"]
-        if not inputs and not any(isinstance(s, st.InputDecl) for s in model.body):
+        if not self.has_input:
             self._error(scope, BAD_INPUT, f"model '{model.name}' has no input",
                         model.name_span, "declare one first, as in `input image(1, 28, 28)`")
             return None
         output = scope.output or scope.current
-        if output is None or self.sink.has_errors or output.shape is None:
+        if output is None or output.shape is None or sum(d.is_error for d in self.sink.items) > errors_before:
             return None
         graph = Graph(model.name, tuple(n for n in self.nodes.values() if n is not None), output.node,
                       inputs[0].attrs["dtype"], model.span.path)
@@ -94,7 +97,8 @@ class Elaborator:
                         f"model '{model.name}' has {total:,} parameters ({total * 4 / 2**30:.1f} GiB as float32), "
                         f"over the limit of {max_params:,}", model.name_span,
                         "the largest layers: " + ", ".join(
-                            f"{n.name} {n.params:,}" for n in sorted(graph.nodes, key=lambda n: -n.params)[:3]),
+                            f"{n.name} {n.params:,}" for n in sorted(graph.nodes, key=lambda n: -n.params)[:3]
+                            if n.params),
                         "if this is intended, raise the limit with --max-params")
             return None
         return graph
@@ -198,6 +202,8 @@ class Elaborator:
             if inputs is None:
                 return None
             if any(i is None for i in inputs):
+                if not self.has_input:
+                    return None  # the model-level "has no input" error covers it
                 self._error(scope, BAD_INPUT, f"{call.name} has no input: nothing comes before it", call.span,
                             "declare the model's input first, as in `input image(1, 28, 28)`")
                 return None
@@ -355,7 +361,7 @@ class Elaborator:
         try:
             return kind.convert(located.value)
         except ArgError as bad:
-            self._error(scope, bad.code, f"{what} {bad}", located.span)
+            self._error(scope, bad.code, f"{what} {bad}", located.span, *bad.notes)
             return None
 
     def _bind(self, what: str, specs: tuple[ArgSpec, ...], args: tuple[st.Arg, ...], span: Span, scope: Scope,
@@ -369,12 +375,14 @@ class Elaborator:
                 positional.append(located)
             else:
                 keywords.append((arg.keyword, located))
+        if not ok:
+            return None  # the expression's own error says what is wrong
         if evaluate_defaults:
             specs = tuple(self._default(spec, scope) for spec in specs)
         values, problems = bind(what, specs, positional, keywords, span)
         for problem in problems:
             self._add(problem, scope)
-        return values if ok and not problems else None
+        return None if problems else values
 
     def _default(self, spec: ArgSpec, scope: Scope) -> ArgSpec:
         if spec.default is REQUIRED:

@@ -68,7 +68,7 @@ def _follow_includes(loaded: LoadedSpec, tree: st.SourceFile, real: Path, stack:
             child = _parse_into(loaded, display, saved[display])
         elif not target.is_file():
             loaded.diagnostics.append(error(INCLUDE_ERROR, f'cannot include "{include.path}": no such file',
-                                            include.span, f"looked for {target}"))
+                                            include.span, f"looked for {_shown(target)}"))
             continue
         else:
             child = _parse_into(loaded, display, read_text(target))
@@ -79,6 +79,14 @@ def _follow_includes(loaded: LoadedSpec, tree: st.SourceFile, real: Path, stack:
             loaded.diagnostics.append(error(INCLUDE_ERROR, f"included file {display} defines model '{model.name}'",
                                             model.name_span, "included files share blocks and constants only"))
         loaded.included.append(child)
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the working directory where it lies below it, so messages stay short."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _display_path(including: str, included: str) -> str:

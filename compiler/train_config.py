@@ -159,7 +159,7 @@ def _convert(setting: st.Setting, spec: _Setting, constants, problems: list[Diag
             problems.append(bad.diagnostic)
         except ArgError as bad:
             code = UNKNOWN_ARGUMENT if "has no argument" in str(bad) else bad.code
-            problems.append(error(code, f"train setting '{setting.key}' {bad}", expr.span,
+            problems.append(error(code, f"train setting '{setting.key}' {bad}", expr.span, *bad.notes,
                                   f"Received: {setting.key} {format_value(located.value)}"))
     if len(results) != len(setting.values):
         return None
@@ -173,7 +173,7 @@ def _cross_checks(config: TrainConfig, section: st.Train, seen: Mapping[str, st.
             TRAIN_ERROR, "early_stopping watches a validation metric, but there is no validation split",
             seen["early_stopping"].span, "add, for example, `validation 0.1` to hold out 10% of the training set",
         ))
-    if config.dataset is None:
+    if "dataset" not in seen:
         problems.append(error(TRAIN_ERROR, "the train section needs a dataset", section.span,
                               f"for example `dataset mnist`; options: {', '.join(DATASETS.options)}"))
     return problems

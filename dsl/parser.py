@@ -23,23 +23,6 @@ TOKEN_WORDS = {
 
 # Mistakes recognised from example snippets (lark's match_examples): the label says what is wrong.
 LABELLED_EXAMPLES = {
-    "missing ',' between arguments": [
-        "model m { conv(32 kernel=3) }",
-        "model m { conv(32, kernel=3 stride=2) }",
-        "model m { maxpool(2 2) }",
-    ],
-    "an argument after '=' needs a value": [
-        "model m { conv(32, kernel=) }",
-        "model m { conv(32, kernel=, stride=1) }",
-    ],
-    "'->' must be followed by a layer": [
-        "model m { conv(32) -> }",
-        "model m { conv(32) -> -> relu }",
-    ],
-    "unclosed '(': a ')' is missing": [
-        "model m { conv(32, kernel=3 }",
-        "model m { conv(32 }",
-    ],
     "a model needs a name, as in `model my_net { ... }`": [
         "model { }",
         "model { conv(3) }",
@@ -57,7 +40,9 @@ LABELLED_EXAMPLES = {
 @lru_cache(maxsize=1)
 def _lark() -> Lark:
     grammar = resources.files("cnnc.dsl").joinpath("cnn.lark").read_text(encoding="utf-8")
-    return Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True)
+    # cache=True keeps the built LALR tables in the temp directory, keyed by the grammar's hash:
+    # it saves ~0.3 s of every `cnnc check`.
+    return Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True, cache=True)
 
 
 def parse(text: str, path: str) -> tuple[st.SourceFile | None, list[Diagnostic]]:
@@ -121,15 +106,48 @@ def _at_end(failure: UnexpectedInput) -> bool:
 
 
 def _label(failure: UnexpectedInput, text: str) -> str | None:
-    if isinstance(failure, UnexpectedCharacters):
-        return None
+    """Name the mistake from what precedes the error, else from lark's labelled examples."""
     if _at_end(failure):
         closes_block = "RBRACE" in getattr(failure, "expected", ())
         return "the file ended before a '}' closed it" if closes_block else "the file ended in the middle of a statement"
+    offset = failure.token.start_pos if isinstance(failure, UnexpectedToken) else failure.pos_in_stream
+    before = _strip_comments(text[:offset]).rstrip()
+    expected = set(getattr(failure, "expected", None) or getattr(failure, "allowed", None) or ())
+    if before.endswith("->"):
+        return "'->' must be followed by a layer"
+    if before.endswith("=") and not before.endswith("=="):
+        return "'=' must be followed by a value"
+    unclosed = _unclosed_paren(before)
+    if unclosed and "RPAR" in expected:
+        line, column = unclosed
+        token_line = failure.line
+        if token_line > line or getattr(failure, "token", None) == "}":
+            return f"unclosed '(' from line {line}, column {column}: a ')' is missing"
+        token = getattr(failure, "token", None)
+        if "COMMA" in expected and isinstance(token, Token) and token.type in ("NAME", "NUMBER", "STRING"):
+            return "missing ',' between arguments"
+    if isinstance(failure, UnexpectedCharacters):
+        return None
     try:
         return failure.match_examples(_lark().parse, LABELLED_EXAMPLES, use_accepts=True)
     except UnexpectedInput:
         return None
+
+
+def _strip_comments(text: str) -> str:
+    return "\n".join(line.split("#", 1)[0] for line in text.split("\n"))
+
+
+def _unclosed_paren(text: str) -> tuple[int, int] | None:
+    """The line and column of the innermost '(' that `text` leaves open, if any."""
+    open_at: list[tuple[int, int]] = []
+    for line_number, line in enumerate(text.split("\n"), start=1):
+        for column, char in enumerate(line, start=1):
+            if char == "(":
+                open_at.append((line_number, column))
+            elif char == ")" and open_at:
+                open_at.pop()
+    return open_at[-1] if open_at else None
 
 
 def _describe_expected(failure: UnexpectedInput) -> str:
