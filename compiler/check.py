@@ -14,6 +14,7 @@ from cnnc.compiler.train_config import TrainConfig, check_train
 from cnnc.compiler.values import EvaluationError, Located, evaluate
 from cnnc.dsl import syntax_tree as st
 from cnnc.dsl.diagnostics import Diagnostic, DiagnosticSink, error, sort_key, warning
+from cnnc.dsl.parser import too_deep
 
 DEFAULT_MAX_PARAMS = 1_000_000_000
 DOUBLE_SOFTMAX = "W003"
@@ -38,7 +39,10 @@ def check_file(path: str | Path, *, text: str | None = None, sources: Mapping[st
     sink.extend(loaded.diagnostics)
     program = None
     if loaded.main is not None:
-        program = _check_tree(loaded.main, loaded.included, loaded.sources, sink, max_params)
+        try:
+            program = _check_tree(loaded.main, loaded.included, loaded.sources, sink, max_params)
+        except RecursionError:
+            sink.add(too_deep(loaded.main.path))
     ordered = tuple(sorted(sink.items, key=sort_key))
     return CheckResult(None if sink.has_errors else program, ordered, loaded.sources)
 

@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 
+MAX_EXCERPT = 100  # characters of a source line shown around the caret
+
+
 class Severity(str, Enum):
     ERROR = "error"
     WARNING = "warning"
@@ -120,5 +123,18 @@ def _excerpt(span: Span, source: str | None) -> list[str]:
     pad = " " * len(number)
     end = span.end_column if span.end_line == span.line else len(text) + 1
     width = max(1, min(end, len(text) + 1) - span.column)
-    marker = " " * (span.column - 1) + "^" * width
+    column = span.column
+    if len(text) > MAX_EXCERPT:
+        text, column = _window(text, column)
+        width = min(width, MAX_EXCERPT - column + 1)
+    marker = " " * (column - 1) + "^" * width
     return [f"{pad} |", f"{number} | {text}", f"{pad} | {marker}"]
+
+
+def _window(text: str, column: int) -> tuple[str, int]:
+    """A long line cut to MAX_EXCERPT characters around `column`, with '...' where it was cut."""
+    start = max(0, min(column - 1 - MAX_EXCERPT // 3, len(text) - MAX_EXCERPT))
+    cut = text[start:start + MAX_EXCERPT]
+    prefix = "..." if start else ""
+    suffix = "..." if start + MAX_EXCERPT < len(text) else ""
+    return prefix + cut + suffix, column - start + len(prefix)

@@ -56,7 +56,16 @@ def parse(text: str, path: str) -> tuple[st.SourceFile | None, list[Diagnostic]]
     except VisitError as failure:
         if isinstance(failure.orig_exc, _NumberTooLarge):
             return None, [failure.orig_exc.diagnostic]
+        if isinstance(failure.orig_exc, RecursionError):
+            return None, [too_deep(path)]
         raise
+    except RecursionError:
+        return None, [too_deep(path)]
+
+
+def too_deep(path: str) -> Diagnostic:
+    return error(SYNTAX_ERROR, "the spec nests expressions too deeply to process", Span.point(path, 1, 1),
+                 "split long arithmetic with constants: `const A = ...`")
 
 
 class _NumberTooLarge(Exception):

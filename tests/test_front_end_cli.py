@@ -138,3 +138,14 @@ def test_wheel_installs_everything_under_cnnc(tmp_path: Path) -> None:
     assert top_level == {"cnnc", wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1] + ".dist-info"}
     for module in ("cnnc/dsl/cnn.lark", "cnnc/compiler/check.py", "cnnc/runtime/__init__.py", "cnnc/cli.py"):
         assert module in names
+
+
+@pytest.mark.parametrize("expression", ["1+" * 5000 + "1", "(" * 3000 + "1" + ")" * 3000])
+def test_pathologically_deep_expressions_are_a_diagnostic(expression: str, tmp_path: Path, capsys) -> None:
+    spec = tmp_path / "deep.cnn"
+    spec.write_text(f"model m {{ input x(1, 8, 8) conv({expression}, 3) }}")
+    code = main(["check", str(spec)])
+    out = capsys.readouterr().out
+    assert code in (0, 1) and "Traceback" not in out
+    if code == 1:
+        assert "error[E001]: the spec nests expressions too deeply" in out

@@ -1,0 +1,546 @@
+"""The ONNX backend: the checked IR -> an onnx ModelProto, built directly with `onnx.helper`.
+
+No torch: `cnnc compile SPEC -o model.onnx` needs only numpy and onnx. The graph reads like the spec:
+    - the input is named after the spec's input (`image`, float32[N, C, H, W], N symbolic);
+    - each layer is one ONNX node named after the layer (`conv1`, `residual_down1.conv3`) whose
+      output tensor has the layer's name; a fused activation is a second node `conv1/relu` (the
+      first then writes `conv1/preact`); helper nodes and tensors have a `/` in their names, which
+      spec names cannot, so they never collide with layers;
+    - parameters are initializers named as in PyTorch's state_dict (`conv1.weight`, `bn1.running_var`);
+    - dropout and identity emit nothing (inference), `same` padding is explicit (possibly asymmetric)
+      pads, and nodes that do not feed the output are left out.
+Every model holds the `cnnc.*` metadata_props that the runtime reads (see `metadata_props`).
+The ONNX model always computes in float32 (the runtime feeds float32); the weights of float16 or
+bfloat16 specs are upcast exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from cnnc import __version__
+from cnnc.compiler.arguments import Option
+from cnnc.compiler.backends.onnx_outputs import output_kind, with_outputs
+from cnnc.compiler.ir import Graph, Node, Program
+from cnnc.errors import CnncError
+
+DEFAULT_OPSET = 17
+MIN_OPSET = 13
+NATIVE_GELU_OPSET = 20
+BATCH_DIM = "N"
+RAW_PIXEL_SCALE = 1 / 255
+PRODUCER = "cnnc"
+
+# PyTorch's SELU constants (torch.nn.SELU), more digits than ONNX's float32 defaults need.
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+
+METADATA_KEYS = (
+    "cnnc.version", "cnnc.model", "cnnc.spec", "cnnc.spec_sha256", "cnnc.labels", "cnnc.input_layout",
+    "cnnc.input_shape", "cnnc.preprocess", "cnnc.output", "cnnc.params", "cnnc.dataset", "cnnc.test_accuracy",
+)
+
+
+# --- public API --------------------------------------------------------------------------------------
+
+def max_opset() -> int:
+    """The newest opset this onnx package knows."""
+    return onnx.defs.onnx_opset_version()
+
+
+def ir_version_for(opset: int) -> int:
+    """The lowest ONNX IR version that can carry `opset` (13, 14 -> 7; 15-18 -> 8; 19, 20 -> 9; ...),
+    so that older runtimes load the file; onnx.helper would stamp its own newest IR version."""
+    return helper.find_min_ir_version_for([helper.make_opsetid("", opset)])
+
+
+def check_opset(opset: int) -> None:
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= max_opset():
+        raise CnncError(f"ONNX opset must be between {MIN_OPSET} and {max_opset()} "
+                        f"(this onnx {onnx.__version__}), got {opset}")
+
+
+def to_onnx(
+    program: Program,
+    weights: Mapping[str, np.ndarray] | None = None,
+    *,
+    opset: int = DEFAULT_OPSET,
+    outputs: str | None = None,
+    seed: int = 0,
+    labels: Sequence[str] | None = None,
+    normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+    test_accuracy: float | None = None,
+) -> onnx.ModelProto:
+    """The deployable model of a checked program.
+
+    weights: PyTorch state_dict names -> float arrays (a trained model's; extra entries such as
+        `num_batches_tracked` are ignored); None: the documented initial weights for `seed`.
+    outputs: None (as the spec ends), "logits" or "probabilities" (see onnx_outputs.with_outputs).
+    labels, normalize (mean, std), test_accuracy: what a trained model adds to the metadata;
+        normalize defaults to the train section's `normalize`.
+    """
+    check_opset(opset)
+    graph = with_outputs(program.graph, outputs)
+    weights = _weights(graph, weights, seed)
+    lowered = _Lowering(graph, weights, opset).run(expose_layers=False)
+    model = _model(graph, lowered, opset)
+    meta = metadata_props(program, graph, labels=labels, normalize=normalize, test_accuracy=test_accuracy)
+    helper.set_model_props(model, meta)
+    return model
+
+
+def layer_probe(
+    program: Program,
+    weights: Mapping[str, np.ndarray] | None = None,
+    *,
+    opset: int = DEFAULT_OPSET,
+    outputs: str | None = None,
+    seed: int = 0,
+) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """A diagnostic model whose graph outputs are every layer's output, and the map from each layer
+    name (every node but the input) to its graph output's name: a dropout or identity layer maps to
+    the tensor of the layer it passes through. The first graph output is the model's own output."""
+    check_opset(opset)
+    graph = with_outputs(program.graph, outputs)
+    weights = _weights(graph, weights, seed)
+    lowered = _Lowering(graph, weights, opset).run(expose_layers=True)
+    model = _model(graph, lowered, opset)
+    layers = {n.name: lowered.tensor_of[n.name] for n in graph.nodes[1:] if lowered.tensor_of[n.name] != graph.input.name}
+    return model, layers
+
+
+def compile_to_file(program: Program, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
+                    outputs: str | None = None, seed: int = 0) -> None:
+    """`cnnc compile`: the untrained model (initial weights for `seed`), written atomically."""
+    model = to_onnx(program, opset=opset, outputs=outputs, seed=seed)
+    save(model, path)
+
+
+def serialize(model: onnx.ModelProto) -> bytes:
+    return model.SerializeToString(deterministic=True)
+
+
+def save(model: onnx.ModelProto, path: str | os.PathLike) -> None:
+    """Write the model: to a temporary file beside `path`, then renamed over it."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_bytes(serialize(model))
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise CnncError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+def metadata_props(
+    program: Program,
+    graph: Graph | None = None,
+    *,
+    labels: Sequence[str] | None = None,
+    normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+    test_accuracy: float | None = None,
+) -> dict[str, str]:
+    """The `cnnc.*` entries, all strings (JSON where structured):
+        cnnc.version        the cnnc that wrote the file
+        cnnc.model          the spec's model name
+        cnnc.spec           the spec's source text; cnnc.spec_sha256 its SHA-256 (of the UTF-8 bytes)
+        cnnc.labels         JSON list of class names (given), or class indices "0", "1", ...
+        cnnc.input_layout   "NCHW"
+        cnnc.input_shape    JSON [C, H, W]
+        cnnc.preprocess     JSON {"scale": 1/255, "mean": [...], "std": [...]}: the model takes
+                            (pixels * scale - mean) / std per channel; mean [0], std [1] without normalize
+        cnnc.output         "logits" or "probabilities" (the graph ends with a softmax)
+        cnnc.params         trainable parameters, an integer
+        cnnc.dataset        the train section's dataset (left out when the spec has none)
+        cnnc.test_accuracy  the trained model's test accuracy (given; left out otherwise)
+    `graph` is the graph as emitted (after with_outputs); default: the program's.
+    """
+    graph = graph or program.graph
+    classes = graph.output_node.shape[0]
+    if labels is None:
+        labels = [str(i) for i in range(classes)]
+    elif len(labels) != classes:
+        raise CnncError(f"{len(labels)} class labels for a model with {classes} outputs")
+    if normalize is None and program.train is not None and program.train.normalize is not None:
+        normalize = (program.train.normalize["mean"], program.train.normalize["std"])
+    mean, std = normalize if normalize is not None else ((0.0,), (1.0,))
+    spec = program.spec_text
+    props = {
+        "cnnc.version": __version__,
+        "cnnc.model": graph.name,
+        "cnnc.spec": spec,
+        "cnnc.spec_sha256": hashlib.sha256(spec.encode("utf-8")).hexdigest(),
+        "cnnc.labels": json.dumps([str(label) for label in labels]),
+        "cnnc.input_layout": "NCHW",
+        "cnnc.input_shape": json.dumps(list(graph.input.shape)),
+        "cnnc.preprocess": json.dumps({"scale": RAW_PIXEL_SCALE, "mean": [float(m) for m in _seq(mean)],
+                                       "std": [float(s) for s in _seq(std)]}),
+        "cnnc.output": output_kind(graph),
+        "cnnc.params": str(graph.trainable_params),
+    }
+    dataset = program.train.dataset if program.train is not None else None
+    if dataset is not None:
+        props["cnnc.dataset"] = dataset.name
+    if test_accuracy is not None:
+        props["cnnc.test_accuracy"] = json.dumps(float(test_accuracy))
+    return props
+
+
+def _seq(values: Any) -> list:
+    if isinstance(values, (int, float, np.floating)):
+        return [values]
+    return list(np.asarray(values, dtype=np.float64).reshape(-1))
+
+
+# --- weights -----------------------------------------------------------------------------------------
+
+def _weights(graph: Graph, weights: Mapping[str, Any] | None, seed: int) -> dict[str, np.ndarray]:
+    from cnnc.compiler.backends.weights import initial_weights, parameter_shapes
+
+    if weights is None:
+        return initial_weights(graph, seed)
+    arrays: dict[str, np.ndarray] = {}
+    for name, shape in parameter_shapes(graph).items():
+        if name not in weights:
+            raise CnncError(f"the weights have no '{name}' (the spec's layer needs {_shape_text(shape)})")
+        array = np.asarray(weights[name], dtype=np.float32)
+        if array.shape != tuple(shape):
+            raise CnncError(f"weight '{name}' has shape {_shape_text(array.shape)}, "
+                            f"but the spec's layer needs {_shape_text(shape)}")
+        arrays[name] = array
+    return arrays
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ")"
+
+
+# --- lowering ----------------------------------------------------------------------------------------
+
+@dataclass
+class _Lowered:
+    nodes: list[onnx.NodeProto]
+    initializers: list[TensorProto]
+    tensor_of: dict[str, str]          # IR node name -> the ONNX tensor holding its output
+    outputs: list[str]                 # graph outputs, the model's own first
+
+
+@dataclass
+class _Lowering:
+    graph: Graph
+    weights: Mapping[str, np.ndarray]
+    opset: int
+    nodes: list[onnx.NodeProto] = field(default_factory=list)
+    initializers: dict[str, TensorProto] = field(default_factory=dict)
+    tensor_of: dict[str, str] = field(default_factory=dict)
+
+    def run(self, expose_layers: bool) -> _Lowered:
+        graph = self.graph
+        live = {n.name for n in graph.nodes} if expose_layers else _live(graph)
+        self.tensor_of[graph.input.name] = graph.input.name
+        for node in graph.nodes[1:]:
+            if node.name in live:
+                self.lower(node)
+        output = self.tensor_of[graph.output]
+        if output == graph.input.name:  # a model that leaves its input unchanged still needs a node
+            self.add("Identity", [output], graph.output, name=graph.output)
+            output = self.tensor_of[graph.output] = graph.output
+        outputs = [output]
+        if expose_layers:
+            for node in graph.nodes[1:]:
+                tensor = self.tensor_of[node.name]
+                if tensor not in outputs and tensor != graph.input.name:
+                    outputs.append(tensor)
+        return _Lowered(self.nodes, list(self.initializers.values()), dict(self.tensor_of), outputs)
+
+    # helpers
+
+    def add(self, op: str, inputs: Sequence[str], output: str, *, name: str, **attrs: Any) -> str:
+        self.nodes.append(helper.make_node(op, list(inputs), [output], name=name, **attrs))
+        return output
+
+    def initializer(self, name: str, array: np.ndarray) -> str:
+        if name not in self.initializers:
+            self.initializers[name] = numpy_helper.from_array(np.ascontiguousarray(array), name)
+        return name
+
+    def scalar(self, name: str, value: float) -> str:
+        return self.initializer(f"const/{name}", np.array(value, dtype=np.float32))
+
+    def parameter(self, name: str) -> str:
+        return self.initializer(name, self.weights[name])
+
+    def input_of(self, node: Node, index: int = 0) -> str:
+        return self.tensor_of[node.inputs[index]]
+
+    # ops
+
+    def lower(self, node: Node) -> None:
+        op = node.op
+        if op in ("dropout", "identity"):
+            self.tensor_of[node.name] = self.input_of(node)
+            return
+        self.tensor_of[node.name] = node.name
+        if op in ("conv", "depthwise_conv", "dense"):
+            activation = node.attrs.get("activation")
+            if activation is not None and activation.name == "identity":
+                activation = None
+            target = f"{node.name}/preact" if activation is not None else node.name
+            (self._conv if op != "dense" else self._dense)(node, target)
+            if activation is not None:
+                self.activation(activation, target, node.name, f"{node.name}/{activation.name}")
+        elif op in ("maxpool", "avgpool"):
+            self._pool(node)
+        elif op in ("global_avgpool", "global_maxpool"):
+            kind = "GlobalAveragePool" if op == "global_avgpool" else "GlobalMaxPool"
+            if node.attrs["keepdims"]:
+                self.add(kind, [self.input_of(node)], node.name, name=node.name)
+            else:
+                pooled = self.add(kind, [self.input_of(node)], f"{node.name}/keepdims", name=node.name)
+                self.add("Flatten", [pooled], node.name, name=f"{node.name}/flatten", axis=1)
+        elif op == "flatten":
+            self.add("Flatten", [self.input_of(node)], node.name, name=node.name, axis=1)
+        elif op == "batchnorm":
+            self._batchnorm(node)
+        elif op in ("add", "multiply"):
+            self._elementwise(node)
+        elif op == "concat":
+            self.add("Concat", [self.input_of(node, i) for i in range(len(node.inputs))], node.name,
+                     name=node.name, axis=1)
+        else:
+            self.activation(Option(op, tuple(node.attrs)), self.input_of(node), node.name, node.name)
+
+    def _conv(self, node: Node, target: str) -> None:
+        attrs = node.attrs
+        top, bottom, left, right = attrs["pads"]
+        inputs = [self.input_of(node), self.parameter(f"{node.name}.weight")]
+        if attrs["bias"]:
+            inputs.append(self.parameter(f"{node.name}.bias"))
+        extra: dict[str, Any] = {}
+        if tuple(attrs["dilation"]) != (1, 1):
+            extra["dilations"] = list(attrs["dilation"])
+        if attrs["groups"] != 1:
+            extra["group"] = attrs["groups"]
+        self.add("Conv", inputs, target, name=node.name, kernel_shape=list(attrs["kernel"]),
+                 strides=list(attrs["stride"]), pads=[top, left, bottom, right], **extra)
+
+    def _dense(self, node: Node, target: str) -> None:
+        inputs = [self.input_of(node), self.parameter(f"{node.name}.weight")]
+        if node.attrs["bias"]:
+            inputs.append(self.parameter(f"{node.name}.bias"))
+        self.add("Gemm", inputs, target, name=node.name, transB=1)
+
+    def _pool(self, node: Node) -> None:
+        """MaxPool / AveragePool in floor mode with pads that give the IR's output size.
+
+        Ceil mode becomes extra padding at the end: exactly the rows and columns that the IR's last
+        windows reach beyond the explicit pads (ONNX's shape inference before opset 19 lets a ceil-mode
+        window start in the end padding, which PyTorch and the IR do not). Average pooling counts
+        the input elements of each window, and with count_pad the explicit padding too, but never
+        that ceil-mode overhang: where both matter, an explicit zero Pad goes first.
+        Pads as large as the kernel (windows of padding only, which onnxruntime refuses) are lowered
+        through an explicit Pad (see _padded_pool)."""
+        attrs = node.attrs
+        top, bottom, left, right = attrs["pads"]
+        _, height, width = self.graph.node(node.inputs[0]).shape
+        (kh, kw), (sh, sw) = attrs["kernel"], attrs["stride"]
+        end_h = _floor_end_pad(height, kh, sh, top, node.shape[1], bottom)
+        end_w = _floor_end_pad(width, kw, sw, left, node.shape[2], right)
+        source = self.input_of(node)
+        window = {"kernel_shape": [kh, kw], "strides": [sh, sw]}
+        if node.op == "avgpool" and attrs["count_pad"] and (end_h > bottom or end_w > right):
+            pads = [0, 0, end_h - bottom, end_w - right]
+            if not _fits(pads, (kh, kw)):
+                self._padded_pool(node, source, (top, left, end_h, end_w))
+                return
+            padding = self.initializer(f"{node.name}/pads", np.array([0, 0, top, left, 0, 0, bottom, right], np.int64))
+            source = self.add("Pad", [source, padding], f"{node.name}/padded", name=f"{node.name}/pad")
+            self.add("AveragePool", [source], node.name, name=node.name, pads=pads, **window)
+            return
+        pads = [top, left, end_h, end_w]
+        if not _fits(pads, (kh, kw)):
+            self._padded_pool(node, source, (top, left, end_h, end_w))
+        elif node.op == "maxpool":  # padding never wins the max
+            self.add("MaxPool", [source], node.name, name=node.name, pads=pads, **window)
+        elif attrs["count_pad"] and any(pads):  # the window's sum / the kernel's size
+            self.add("AveragePool", [source], node.name, name=node.name, pads=pads, count_include_pad=1, **window)
+        else:  # the mean over the input elements in the window
+            self.add("AveragePool", [source], node.name, name=node.name, pads=pads, **window)
+
+    def _padded_pool(self, node: Node, source: str, pads: tuple[int, int, int, int]) -> None:
+        """Pooling whose pads reach a whole kernel: Pad (-inf for max, 0 for average), pool without
+        pads, and for the average rescale each window's mean of kh*kw elements to the mean of the
+        elements it counts (a constant map; 0/0 = NaN for a window of padding only, as in PyTorch)."""
+        attrs = node.attrs
+        top, left, bottom, right = pads
+        (kh, kw), (sh, sw) = attrs["kernel"], attrs["stride"]
+        window = {"kernel_shape": [kh, kw], "strides": [sh, sw]}
+        amounts = self.initializer(f"{node.name}/pads", np.array([0, 0, top, left, 0, 0, bottom, right], np.int64))
+        fill = self.scalar("minus_inf" if node.op == "maxpool" else "zero",
+                           -np.inf if node.op == "maxpool" else 0.0)
+        padded = self.add("Pad", [source, amounts, fill], f"{node.name}/padded", name=f"{node.name}/pad")
+        if node.op == "maxpool":
+            self.add("MaxPool", [padded], node.name, name=node.name, **window)
+            return
+        _, height, width = self.graph.node(node.inputs[0]).shape
+        counted = np.zeros((height + top + bottom, width + left + right))
+        if attrs["count_pad"]:
+            explicit_top, explicit_bottom, explicit_left, explicit_right = attrs["pads"]
+            counted[top - explicit_top:top + height + explicit_bottom, left - explicit_left:left + width + explicit_right] = 1
+        else:
+            counted[top:top + height, left:left + width] = 1
+        _, out_h, out_w = node.shape
+        counts = np.array([[counted[i * sh:i * sh + kh, j * sw:j * sw + kw].sum() for j in range(out_w)]
+                           for i in range(out_h)])
+        with np.errstate(divide="ignore"):
+            scale = (kh * kw / counts).astype(np.float32).reshape(1, 1, out_h, out_w)
+        mean = self.add("AveragePool", [padded], f"{node.name}/window_mean", name=node.name, **window)
+        self.add("Mul", [mean, self.initializer(f"{node.name}/count_scale", scale)], node.name,
+                 name=f"{node.name}/rescale")
+
+    def _batchnorm(self, node: Node) -> None:
+        name, channels = node.name, node.shape[0]
+        if node.attrs["affine"]:
+            scale, shift = self.parameter(f"{name}.weight"), self.parameter(f"{name}.bias")
+        else:  # ONNX needs a scale and a shift: the identity ones
+            scale = self.initializer(f"{name}/unit_scale", np.ones(channels, np.float32))
+            shift = self.initializer(f"{name}/zero_shift", np.zeros(channels, np.float32))
+        inputs = [self.input_of(node), scale, shift, self.parameter(f"{name}.running_mean"),
+                  self.parameter(f"{name}.running_var")]
+        self.add("BatchNormalization", inputs, name, name=name, epsilon=float(node.attrs["eps"]))
+
+    def _elementwise(self, node: Node) -> None:
+        """add / multiply, numpy broadcasting with the batch dimension in front; a flat (C,) operand
+        against (C, H, W) is unsqueezed to (C, 1, 1) first. More than two operands: left to right."""
+        kind = "Add" if node.op == "add" else "Mul"
+        operands = []
+        for index, source in enumerate(node.inputs):
+            tensor = self.tensor_of[source]
+            if len(self.graph.node(source).shape) == 1 and len(node.shape) == 3:
+                axes = self.initializer("const/axes_hw", np.array([2, 3], dtype=np.int64))
+                tensor = self.add("Unsqueeze", [tensor, axes], f"{node.name}/operand{index + 1}",
+                                  name=f"{node.name}/unsqueeze{index + 1}")
+            operands.append(tensor)
+        result = operands[0]
+        for index, operand in enumerate(operands[1:], start=1):
+            last = index == len(operands) - 1
+            result = self.add(kind, [result, operand], node.name if last else f"{node.name}/partial{index}",
+                              name=node.name if last else f"{node.name}/{kind.lower()}{index}")
+
+    def activation(self, activation: Option, x: str, out: str, name: str) -> None:
+        kind = activation.name
+        if kind == "relu":
+            self.add("Relu", [x], out, name=name)
+        elif kind == "leaky_relu":
+            self.add("LeakyRelu", [x], out, name=name, alpha=float(activation.get("alpha", 0.01)))
+        elif kind == "elu":
+            self.add("Elu", [x], out, name=name, alpha=float(activation.get("alpha", 1.0)))
+        elif kind == "selu":
+            self.add("Selu", [x], out, name=name, alpha=SELU_ALPHA, gamma=SELU_SCALE)
+        elif kind == "sigmoid":
+            self.add("Sigmoid", [x], out, name=name)
+        elif kind == "tanh":
+            self.add("Tanh", [x], out, name=name)
+        elif kind == "softmax":
+            self.add("Softmax", [x], out, name=name, axis=1)
+        elif kind == "silu":  # x * sigmoid(x); ONNX has no SiLU below opset 24 (Swish)
+            gate = self.add("Sigmoid", [x], f"{name}/sigmoid", name=name)
+            self.add("Mul", [x, gate], out, name=f"{name}/mul")
+        elif kind == "gelu":
+            self._gelu(activation.get("approximate", "none"), x, out, name)
+        elif kind == "identity":
+            self.add("Identity", [x], out, name=name)
+        else:  # pragma: no cover - ops.ACTIVATION_ARGS lists every activation
+            raise CnncError(f"the ONNX backend has no lowering for activation '{kind}'")
+
+    def _gelu(self, approximate: str, x: str, out: str, name: str) -> None:
+        if self.opset >= NATIVE_GELU_OPSET:
+            self.add("Gelu", [x], out, name=name, approximate=approximate)
+            return
+        # Below opset 20, PyTorch's formulas:
+        #   none  0.5 * x * (1 + erf(x / sqrt(2)))
+        #   tanh  0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x^3)))
+        if approximate == "tanh":
+            square = self.add("Mul", [x, x], f"{name}/x2", name=name)
+            cube = self.add("Mul", [square, x], f"{name}/x3", name=f"{name}/cube")
+            scaled_cube = self.add("Mul", [cube, self.scalar("gelu_cubic", 0.044715)], f"{name}/cubic",
+                                   name=f"{name}/cubic")
+            inner = self.add("Add", [x, scaled_cube], f"{name}/inner", name=f"{name}/inner")
+            scaled = self.add("Mul", [inner, self.scalar("sqrt_2_over_pi", math.sqrt(2 / math.pi))],
+                              f"{name}/scaled", name=f"{name}/scale")
+            shaped = self.add("Tanh", [scaled], f"{name}/tanh", name=f"{name}/tanh")
+        else:
+            scaled = self.add("Mul", [x, self.scalar("inv_sqrt2", 1 / math.sqrt(2))], f"{name}/scaled", name=name)
+            shaped = self.add("Erf", [scaled], f"{name}/erf", name=f"{name}/erf")
+        shifted = self.add("Add", [shaped, self.scalar("one", 1.0)], f"{name}/one_plus", name=f"{name}/one_plus")
+        gated = self.add("Mul", [x, shifted], f"{name}/gated", name=f"{name}/gate")
+        self.add("Mul", [gated, self.scalar("half", 0.5)], out, name=f"{name}/half")
+
+
+def _floor_end_pad(size: int, kernel: int, stride: int, before: int, output: int, after: int) -> int:
+    """The end padding that makes floor-mode pooling produce `output` windows: the explicit `after`
+    when it does, else the smallest that does."""
+    def windows(end: int) -> int:
+        return (size + before + end - kernel) // stride + 1
+
+    if windows(after) == output:
+        return after
+    needed = max((output - 1) * stride + kernel - size - before, 0)
+    if windows(needed) != output:  # pragma: no cover - the IR's sizes always have one
+        raise CnncError(f"cannot express a pooling window of {kernel} with stride {stride} over {size} "
+                        f"giving {output} outputs in ONNX")
+    return needed
+
+
+def _fits(pads: Sequence[int], kernel: tuple[int, int]) -> bool:
+    """onnxruntime's rule: every pad is smaller than the kernel along its axis."""
+    top, left, bottom, right = pads
+    return max(top, bottom) < kernel[0] and max(left, right) < kernel[1]
+
+
+def _live(graph: Graph) -> set[str]:
+    """The nodes that the output depends on."""
+    live, stack = set(), [graph.output]
+    while stack:
+        name = stack.pop()
+        if name not in live:
+            live.add(name)
+            stack.extend(graph.node(name).inputs)
+    return live
+
+
+def _value_info(name: str, shape: Sequence[int]) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, [BATCH_DIM, *shape])
+
+
+def _model(graph: Graph, lowered: _Lowered, opset: int) -> onnx.ModelProto:
+    shape_of = {}
+    for node in graph.nodes:
+        shape_of.setdefault(lowered.tensor_of.get(node.name, node.name), node.shape)
+    onnx_graph = helper.make_graph(
+        lowered.nodes,
+        graph.name,
+        inputs=[_value_info(graph.input.name, graph.input.shape)],
+        outputs=[_value_info(name, shape_of[name]) for name in lowered.outputs],
+        initializer=lowered.initializers,
+        doc_string=f"cnnc model '{graph.name}'",
+    )
+    model = helper.make_model(
+        onnx_graph,
+        opset_imports=[helper.make_opsetid("", opset)],
+        ir_version=ir_version_for(opset),
+        producer_name=PRODUCER,
+        producer_version=__version__,
+    )
+    return model

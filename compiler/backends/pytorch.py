@@ -1,0 +1,393 @@
+"""Lower a checked graph to a PyTorch module with exactly the IR's semantics.
+
+    module = build_module(program.graph, seed=0)      # weights from compiler.backends.weights
+    logits_or_probabilities = module(images)          # images: float (N, C, H, W)
+    every_layer = module.forward_all(images)          # {node name: its output}
+
+Conventions:
+- State-dict names are the node names, nested at their dots: the conv `residual_down1.conv3` owns
+  `residual_down1.conv3.weight`. Batch norm keeps `weight`, `bias`, `running_mean` and
+  `running_var` only (no `num_batches_tracked`), so the buffers are exactly the IR's
+  non-trainable parameters and the state dict matches `initial_weights` key for key.
+- Parameters are float32 whatever the spec's input dtype: training runs in float32, optionally
+  under autocast (bf16); the dtype is a deployment setting of the ONNX backend.
+- Padding follows the IR's resolved `pads` (top, bottom, left, right), asymmetric where TensorFlow's
+  `same` puts the odd row at the bottom. Max pooling pads with -inf, so padding never wins. Average
+  pooling divides by the number of input elements in the window, or with count_pad=true by the input
+  and padding elements; the rows and columns a ceil-mode window reaches beyond the padding are never
+  counted (as in PyTorch and ONNX).
+- `forward(x, logits=True)` skips a final softmax (reached through identity and flatten only):
+  training with `cross_entropy(from_logits=false)` computes log-softmax of those logits, which is
+  exactly the log of the probabilities but numerically stable.
+The module works in either memory format: convert it and its inputs with
+`.to(memory_format=torch.channels_last)` (the trainer does); flatten still reads channel-major.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cnnc.compiler.arguments import Option
+from cnnc.compiler.ir import Graph, Node
+from cnnc.errors import CnncError
+
+Pads = tuple[int, int, int, int]  # top, bottom, left, right, as in the IR
+WeightSource = Mapping[str, "np.ndarray | Tensor"]
+
+
+def build_module(graph: Graph, *, seed: int = 0, weights: WeightSource | None = None) -> CnncModule:
+    """The graph as a CnncModule holding `weights` (default: `initial_weights(graph, seed)`)."""
+    from cnnc.compiler.backends.weights import initial_weights
+
+    module = CnncModule(graph)
+    load_weights(module, initial_weights(graph, seed) if weights is None else weights)
+    return module
+
+
+def load_weights(module: CnncModule, weights: WeightSource) -> None:
+    """Copy every parameter and buffer from `weights` (numpy arrays or tensors), by state-dict name."""
+    expected = module.state_dict()
+    missing = [name for name in expected if name not in weights]
+    unexpected = [name for name in weights if name not in expected]
+    wrong_shape = [
+        f"{name} {tuple(weights[name].shape)} (the model's is {tuple(tensor.shape)})"
+        for name, tensor in expected.items()
+        if name in weights and tuple(weights[name].shape) != tuple(tensor.shape)
+    ]
+    if missing or unexpected or wrong_shape:
+        problems = [f"{label}: {', '.join(names[:6])}{' ...' if len(names) > 6 else ''}"
+                    for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape))
+                    if names]
+        raise CnncError(f"the weights do not fit model '{module.graph.name}': " + "; ".join(problems))
+    with torch.no_grad():
+        for name, tensor in expected.items():
+            value = weights[name]
+            tensor.copy_(torch.from_numpy(np.asarray(value)) if isinstance(value, np.ndarray) else value)
+
+
+# --- layers ------------------------------------------------------------------------------------------
+
+class Conv(nn.Conv2d):
+    """nn.Conv2d with the IR's explicit, possibly asymmetric, padding."""
+
+    def __init__(self, node: Node) -> None:
+        attrs = node.attrs
+        top, bottom, left, right = attrs["pads"]
+        symmetric = top == bottom and left == right
+        super().__init__(
+            attrs["in_channels"], attrs["filters"], attrs["kernel"], stride=attrs["stride"],
+            padding=(top, left) if symmetric else 0, dilation=attrs["dilation"], groups=attrs["groups"],
+            bias=attrs["bias"],
+        )
+        # F.pad costs a copy, so only the asymmetric pads (TF 'same' with an even total) take it.
+        self.explicit_pad = None if symmetric else (left, right, top, bottom)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.explicit_pad is not None:
+            x = F.pad(x, self.explicit_pad)
+        return super().forward(x)
+
+
+class Dense(nn.Linear):
+    def __init__(self, node: Node) -> None:
+        super().__init__(node.attrs["in_features"], node.attrs["units"], bias=node.attrs["bias"])
+
+
+class BatchNorm(nn.Module):
+    """Batch norm over channels of (N, C, H, W) or features of (N, C), without num_batches_tracked."""
+
+    def __init__(self, channels: int, momentum: float, eps: float, affine: bool) -> None:
+        super().__init__()
+        self.momentum, self.eps = momentum, eps
+        self.weight = nn.Parameter(torch.ones(channels)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(channels)) if affine else None
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            self.training, self.momentum, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{len(self.running_mean)}, momentum={self.momentum}, eps={self.eps}, affine={self.weight is not None}"
+
+
+@dataclass(frozen=True)
+class _Window:
+    """A pooling window over height and width, and what it must produce: the IR's output size."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    pads: Pads
+    ceil_mode: bool
+    input_size: tuple[int, int]
+    output_size: tuple[int, int]
+
+    @staticmethod
+    def of(node: Node, input_shape: tuple[int, ...]) -> _Window:
+        attrs = node.attrs
+        return _Window(attrs["kernel"], attrs["stride"], attrs["pads"], attrs["ceil_mode"],
+                       input_shape[1:], node.shape[1:])
+
+    @property
+    def native(self) -> bool:
+        """Whether torch's own pooling implements these pads: symmetric, at most half the kernel."""
+        top, bottom, left, right = self.pads
+        return top == bottom and left == right and top <= self.kernel[0] // 2 and left <= self.kernel[1] // 2
+
+    def full_pads(self) -> tuple[int, int, int, int]:
+        """F.pad's (left, right, top, bottom) that let floor-mode pooling give the IR's output size:
+        the explicit pads plus, at the end, whatever a ceil-mode window reaches beyond them."""
+        top, bottom, left, right = self.pads
+        extra = [max((out - 1) * s + k - (size + before + after), 0)
+                 for out, s, k, size, before, after in zip(self.output_size, self.stride, self.kernel,
+                                                           self.input_size, (top, left), (bottom, right))]
+        return left, right + extra[1], top, bottom + extra[0]
+
+
+class MaxPool(nn.Module):
+    def __init__(self, window: _Window) -> None:
+        super().__init__()
+        self.window = window
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.window
+        if w.native:
+            return F.max_pool2d(x, w.kernel, w.stride, (w.pads[0], w.pads[2]), ceil_mode=w.ceil_mode)
+        return F.max_pool2d(F.pad(x, w.full_pads(), value=float("-inf")), w.kernel, w.stride)
+
+    def extra_repr(self) -> str:
+        return f"kernel={self.window.kernel}, stride={self.window.stride}, pads={self.window.pads}"
+
+
+class AvgPool(nn.Module):
+    def __init__(self, window: _Window, count_pad: bool) -> None:
+        super().__init__()
+        self.window, self.count_pad = window, count_pad
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.window
+        if w.native:
+            return F.avg_pool2d(x, w.kernel, w.stride, (w.pads[0], w.pads[2]), ceil_mode=w.ceil_mode,
+                                count_include_pad=self.count_pad)
+        # The mean over the counted elements: the zero-padded window sum divided by the pooled mask
+        # that is one on every counted element (both averaged over the full kernel, which cancels).
+        sums = F.avg_pool2d(F.pad(x, w.full_pads()), w.kernel, w.stride)
+        return sums / F.avg_pool2d(self._mask(x), w.kernel, w.stride)
+
+    def _mask(self, x: Tensor) -> Tensor:
+        w = self.window
+        left, right, top, bottom = w.full_pads()
+        ones = x.new_ones((1, 1, *w.input_size))
+        if not self.count_pad:
+            return F.pad(ones, (left, right, top, bottom))
+        explicit_top, explicit_bottom, explicit_left, explicit_right = w.pads
+        counted = F.pad(ones, (explicit_left, explicit_right, explicit_top, explicit_bottom), value=1.0)
+        return F.pad(counted, (0, right - explicit_right, 0, bottom - explicit_bottom))
+
+    def extra_repr(self) -> str:
+        w = self.window
+        return f"kernel={w.kernel}, stride={w.stride}, pads={w.pads}, count_pad={self.count_pad}"
+
+
+# --- functions of parameter-free ops ------------------------------------------------------------------
+
+Function = Callable[..., Tensor]
+
+
+def activation_function(option: Option) -> Function | None:
+    """The function of an activation (None for identity)."""
+    alpha = option.get("alpha")
+    functions: dict[str, Function | None] = {
+        "relu": F.relu,
+        "leaky_relu": partial(F.leaky_relu, negative_slope=alpha),
+        "elu": partial(F.elu, alpha=alpha),
+        "selu": F.selu,
+        "gelu": partial(F.gelu, approximate=option.get("approximate", "none")),
+        "silu": F.silu,
+        "sigmoid": torch.sigmoid,
+        "tanh": torch.tanh,
+        "softmax": partial(F.softmax, dim=1),
+        "identity": None,
+    }
+    return functions[option.name]
+
+
+def _global_avgpool(keepdims: bool, x: Tensor) -> Tensor:
+    return x.mean((2, 3), keepdim=keepdims)
+
+
+def _global_maxpool(keepdims: bool, x: Tensor) -> Tensor:
+    return x.amax((2, 3), keepdim=keepdims)
+
+
+def _flatten(x: Tensor) -> Tensor:
+    return torch.flatten(x, 1)
+
+
+def _as_feature_map(x: Tensor) -> Tensor:
+    """A flat (N, C) as (N, C, 1, 1), to broadcast against (N, C, H, W)."""
+    return x[:, :, None, None]
+
+
+def _merge(combine: Callable[[Tensor, Tensor], Tensor], expand: tuple[bool, ...], *inputs: Tensor) -> Tensor:
+    result = None
+    for tensor, flat_against_map in zip(inputs, expand):
+        tensor = _as_feature_map(tensor) if flat_against_map else tensor
+        result = tensor if result is None else combine(result, tensor)
+    return result
+
+
+def _concat(*inputs: Tensor) -> Tensor:
+    return torch.cat(inputs, dim=1)
+
+
+# --- the module --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Step:
+    """One call of the forward pass: `function(*values[inputs])` is stored at `values[output]`."""
+
+    function: Function
+    inputs: tuple[int, ...]
+    output: int
+    release: tuple[int, ...] = ()  # values no later step reads, freed to save memory
+
+
+class CnncModule(nn.Module):
+    """A checked graph as a module: `forward`, `forward_all`, and the `graph` it came from."""
+
+    def __init__(self, graph: Graph) -> None:
+        super().__init__()
+        self.graph = graph
+        slots = {node.name: index for index, node in enumerate(graph.nodes)}
+        steps: list[_Step] = []
+        for node in graph.nodes[1:]:
+            steps += self._lower(node, tuple(slots[name] for name in node.inputs), slots[node.name])
+        self._steps = _with_releases(steps, slots[graph.output])
+        self._final_softmax = _final_softmax_step(graph, self._steps, slots)
+        self._output = slots[graph.output]
+
+    @property
+    def ends_in_softmax(self) -> bool:
+        """Whether the output is a softmax's (then `forward(x, logits=True)` gives its logits)."""
+        return self._final_softmax is not None
+
+    def forward(self, x: Tensor, logits: bool = False) -> Tensor:
+        """The output for a batch `x`; with `logits`, skip a final softmax (see `ends_in_softmax`)."""
+        values: list[Tensor | None] = [None] * len(self.graph.nodes)
+        values[0] = x
+        skip = self._final_softmax if logits else None
+        for step in self._steps:
+            arguments = [values[i] for i in step.inputs]
+            values[step.output] = arguments[0] if step is skip else step.function(*arguments)
+            for index in step.release:
+                values[index] = None
+        return values[self._output]
+
+    def forward_all(self, x: Tensor) -> dict[str, Tensor]:
+        """Every node's output (the input included), by node name, for layer-by-layer comparison."""
+        values: list[Tensor] = [x]
+        for step in self._steps:
+            result = step.function(*(values[i] for i in step.inputs))
+            if step.output == len(values):
+                values.append(result)
+            else:  # an activation fused into its layer replaces the layer's value
+                values[step.output] = result
+        return {node.name: value for node, value in zip(self.graph.nodes, values)}
+
+    def _lower(self, node: Node, inputs: tuple[int, ...], output: int) -> list[_Step]:
+        """The steps of one node: its layer, then its fused activation if it has one."""
+        steps = [_Step(self._layer(node), inputs, output)]
+        activation = node.attrs.get("activation") if node.op in ("conv", "depthwise_conv", "dense") else None
+        function = activation_function(activation) if activation is not None else None
+        if function is not None:
+            steps.append(_Step(function, (output,), output))
+        return steps
+
+    def _layer(self, node: Node) -> Function:
+        op, attrs = node.op, node.attrs
+        input_shapes = [self.graph.node(name).shape for name in node.inputs]
+        if op in ("conv", "depthwise_conv"):
+            return self._attach(node.name, Conv(node))
+        if op == "dense":
+            return self._attach(node.name, Dense(node))
+        if op == "batchnorm":
+            return self._attach(node.name, BatchNorm(node.shape[0], attrs["momentum"], attrs["eps"], attrs["affine"]))
+        if op == "dropout":
+            return self._attach(node.name, nn.Dropout(attrs["rate"]))
+        if op == "maxpool":
+            return self._attach(node.name, MaxPool(_Window.of(node, input_shapes[0])))
+        if op == "avgpool":
+            return self._attach(node.name, AvgPool(_Window.of(node, input_shapes[0]), attrs["count_pad"]))
+        if op == "global_avgpool":
+            return partial(_global_avgpool, attrs["keepdims"])
+        if op == "global_maxpool":
+            return partial(_global_maxpool, attrs["keepdims"])
+        if op == "flatten":
+            return _flatten
+        if op in ("add", "multiply"):
+            expand = tuple(len(shape) == 1 and len(node.shape) == 3 for shape in input_shapes)
+            return partial(_merge, torch.add if op == "add" else torch.mul, expand)
+        if op == "concat":
+            return _concat
+        function = activation_function(Option(op, tuple(attrs)))
+        return function if function is not None else _identity
+
+    def _attach(self, dotted_name: str, layer: nn.Module) -> nn.Module:
+        """Register `layer` under its node name, nesting at the dots, so state-dict keys read
+        `block1.conv2.weight`."""
+        *parents, leaf = dotted_name.split(".")
+        owner: nn.Module = self
+        for part in parents:
+            child = owner._modules.get(part)
+            if child is None:
+                child = nn.Module()
+                self._register(owner, part, child, dotted_name)
+            owner = child
+        self._register(owner, leaf, layer, dotted_name)
+        return layer
+
+    @staticmethod
+    def _register(owner: nn.Module, name: str, child: nn.Module, dotted_name: str) -> None:
+        if hasattr(owner, name):
+            raise CnncError(f"layer name '{dotted_name}' clashes with the PyTorch module attribute '{name}'; "
+                            "rename the layer")
+        owner.add_module(name, child)
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+def _final_softmax_step(graph: Graph, steps: list[_Step], slots: Mapping[str, int]) -> _Step | None:
+    """The step computing a softmax whose output reaches the model's output unchanged in value."""
+    node = graph.output_node
+    while node.op in ("identity", "flatten"):
+        node = graph.node(node.inputs[0])
+    activation = node.attrs.get("activation")
+    is_softmax = node.op == "softmax" or (activation is not None and activation.name == "softmax")
+    if not is_softmax:
+        return None
+    return [step for step in steps if step.output == slots[node.name]][-1]
+
+
+def _with_releases(steps: list[_Step], output: int) -> list[_Step]:
+    """The steps with, on each, the values that no later step reads (never the output)."""
+    last_use: dict[int, int] = {}
+    for position, step in enumerate(steps):
+        for index in step.inputs:
+            last_use[index] = position
+    releases: dict[int, list[int]] = {}
+    for index, position in last_use.items():
+        if index != output and steps[position].output != index:
+            releases.setdefault(position, []).append(index)
+    return [_Step(step.function, step.inputs, step.output, tuple(releases.get(position, ())))
+            for position, step in enumerate(steps)]
