@@ -25,9 +25,13 @@ class Dataset:
     def __post_init__(self) -> None:
         # A loader that breaks these would hand training a silently wrong tensor, so fail here.
         if self.images.dtype != np.uint8 or self.images.ndim != 4 or not self.images.flags.c_contiguous:
-            raise ValueError(f"images must be a C-contiguous uint8 (N, C, H, W) array, got {self.images.dtype} {self.images.shape}")
+            raise ValueError(
+                f"images must be a C-contiguous uint8 (N, C, H, W) array, got {self.images.dtype} {self.images.shape}"
+            )
         if self.labels.dtype != np.int64 or self.labels.shape != (len(self.images),):
-            raise ValueError(f"labels must be int64 of shape ({len(self.images)},), got {self.labels.dtype} {self.labels.shape}")
+            raise ValueError(
+                f"labels must be int64 of shape ({len(self.images)},), got {self.labels.dtype} {self.labels.shape}"
+            )
         if len(self.labels) and not 0 <= int(self.labels.min()) <= int(self.labels.max()) < len(self.classes):
             raise ValueError(f"labels must lie in [0, {len(self.classes)})")
 
@@ -45,7 +49,9 @@ class Dataset:
         if n is None or n >= len(self):
             return self
         if n < 0:
-            raise CnncError(f"cannot take the first {n} examples of {self.name} {self.split}: the limit must be 0 or more")
+            raise CnncError(
+                f"cannot take the first {n} examples of {self.name} {self.split}: the limit must be 0 or more"
+            )
         return Dataset(self.name, self.split, self.images[:n], self.labels[:n], self.classes)
 
     def select(self, indices: np.ndarray, split: str) -> Dataset:

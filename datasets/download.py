@@ -2,7 +2,7 @@
 
 Every download goes to a temporary file in the target directory, is checked against its known
 checksum while it streams in, and only then is renamed into place (atomically), so a failed or
-tampered download never leaves a file that looks complete. Only http(s) URLs are followed.
+tampered download never leaves a file that looks complete. Only http(s) URLs are fetched.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def _make_directory(directory: Path) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise CnncError(f"cannot create the data directory {directory} to download into: {error.strerror or error}") from None
+        raise CnncError(f"cannot create {directory} to download into: {error.strerror or error}") from None
 
 
 def _download(url: str, target: Path, checksum: Checksum, progress: bool) -> None:
@@ -162,10 +162,11 @@ class _NoProgressBar:
 
 @contextmanager
 def _progress_bar(total: int | None, description: str, enabled: bool) -> Iterator[_ProgressBar]:
-    try:
-        from tqdm import tqdm  # optional: the torch-free runtime installs without it
-    except ImportError:
-        enabled = False
+    if enabled:
+        try:
+            from tqdm import tqdm  # optional: the torch-free runtime installs without it
+        except ImportError:
+            enabled = False
     if not enabled:
         yield _NoProgressBar()
         return

@@ -18,6 +18,7 @@ from typing import NamedTuple
 from cnnc.errors import CnncError
 
 GZIP_SUFFIX = ".gz"
+_REPLACE_ADVICE = "The file is corrupt or not the canonical one: delete it and fetch it again (--download)."
 
 
 @dataclass(frozen=True)
@@ -108,5 +109,3 @@ def checksum_problem(raw: RawFile, stored: bytes, spec: DataFile, dataset: str) 
         f"expected {spec.raw_checksum.hexdigest} (the canonical {dataset} {spec.name}). {_REPLACE_ADVICE}"
     )
 
-
-_REPLACE_ADVICE = "The file is corrupt or not the canonical one: delete it and fetch it again (--download)."

@@ -55,7 +55,7 @@ def _split_root(root: Path, split: str) -> Path:
 
 
 def _class_folders(root: Path) -> list[Path]:
-    classes = sorted((path for path in root.iterdir() if path.is_dir() and not path.name.startswith(".")), key=lambda p: p.name)
+    classes = sorted(path for path in root.iterdir() if path.is_dir() and not path.name.startswith("."))
     if not classes:
         raise CnncError(f"{root} holds no class folders: put each class's images in a subfolder named after it")
     return classes
@@ -77,8 +77,10 @@ def _check_same_classes(split_root: Path, other_root: Path, classes: list[Path])
 
 
 def _read_images(files: list[Path]) -> np.ndarray:
-    from PIL import Image  # only this loader needs Pillow
-
+    try:
+        from PIL import Image  # only this loader needs Pillow, so only it imports it
+    except ImportError:
+        raise CnncError("reading an image folder needs Pillow: pip install pillow") from None
     first = _load(Image, files[0], mode=None)
     mode = "L" if first.shape[0] == 1 else "RGB"
     images = np.empty((len(files), *first.shape), dtype=np.uint8)

@@ -89,5 +89,6 @@ def _check_body_size(file: RawFile, header_size: int, expected: int, what: str) 
         raise CnncError(f"{file.path} is truncated: header says {what} = {expected} bytes, file holds {held}")
     if held > expected:
         raise CnncError(
-            f"{file.path} has {held - expected} bytes too many: header says {what} = {expected} bytes, file holds {held}"
+            f"{file.path} has {held - expected} bytes too many: "
+            f"header says {what} = {expected} bytes, file holds {held}"
         )

@@ -112,9 +112,10 @@ FASHION_MNIST = StandardDataset(
     base_url="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
 )
 
-# CIFAR-10 is distributed only as a tarball, so there is no canonical .gz per batch. These sha256s
-# were computed from the verified copy in shared/data/cifar-10 (whose raw md5s, e.g. 5dd7e06a...
-# for data_batch_1.bin, equal the md5s other projects publish for the extracted files).
+# CIFAR-10 is distributed only as a tarball (its md5 is the one the CIFAR page publishes), so there
+# is no canonical .gz per batch. These sha256s of the raw batches were computed from the verified
+# copy in shared/data/cifar-10 (whose raw md5s, e.g. 5dd7e06a... for data_batch_1.bin, equal the
+# md5s other projects publish for the extracted files).
 _CIFAR_BATCH_SIZE = 10_000 * 3073
 _CIFAR_TRAIN_SHA256 = (
     "cee916563c9f80d84e3cc88e17fdc0941787f1244f00a67874d45b261883ada5",
@@ -147,10 +148,13 @@ STANDARD_DATASETS: Mapping[str, StandardDataset] = MappingProxyType(
 )
 
 DATASETS: Mapping[str, DatasetInfo] = MappingProxyType({
-    "mnist": DatasetInfo("mnist", "handwritten digits, 1x28x28, 10 classes, 60000 train / 10000 test", False),
-    "fashion_mnist": DatasetInfo("fashion_mnist", "clothing pictures, 1x28x28, 10 classes, 60000 train / 10000 test", False),
-    "cifar10": DatasetInfo("cifar10", "small colour photos, 3x32x32, 10 classes, 50000 train / 10000 test", False),
-    "xo": DatasetInfo("xo", "generated X and O glyphs, 1x28x28, 2 classes, 4000 train / 1000 test; needs no files", False),
-    "folder": DatasetInfo("folder", "your PNG/JPEG images, one subfolder per class", True),
-    "npz": DatasetInfo("npz", "your arrays in a NumPy .npz file", True),
+    info.name: info
+    for info in (
+        DatasetInfo("mnist", "handwritten digits, 1x28x28, 10 classes, 60000 train / 10000 test", False),
+        DatasetInfo("fashion_mnist", "clothing pictures, 1x28x28, 10 classes, 60000 train / 10000 test", False),
+        DatasetInfo("cifar10", "small colour photos, 3x32x32, 10 classes, 50000 train / 10000 test", False),
+        DatasetInfo("xo", "generated X and O glyphs, 1x28x28, 2 classes, 4000 train / 1000 test; no files", False),
+        DatasetInfo("folder", "your PNG/JPEG images, one subfolder per class", True),
+        DatasetInfo("npz", "your arrays in a NumPy .npz file", True),
+    )
 })
