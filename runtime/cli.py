@@ -50,6 +50,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="mnist, fashion_mnist, cifar10, xo, folder or npz (default: the dataset the model was trained on)",
     )
     evaluate.add_argument("--limit", type=_positive_int, metavar="N", help="evaluate the first N test images only")
+    evaluate.add_argument("--download", action="store_true",
+                          help="fetch missing standard dataset files from their canonical location (checksummed)")
     evaluate.add_argument("--json", action="store_true", help='print {"accuracy": ..., "n": ...}')
     _add_provider_option(evaluate)
     evaluate.set_defaults(handler=_evaluate)
@@ -94,7 +96,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     name = args.dataset or model.metadata.get(DATASET_KEY)
     if not name:
         raise UsageError(f"{args.model} does not name the dataset it was trained on; pass --dataset")
-    dataset = load_dataset(name, "test", args.data).subset(args.limit)
+    dataset = load_dataset(name, "test", args.data, download=args.download).subset(args.limit)
     _check_compatible(model, name, dataset.image_shape, len(dataset.classes))
     score = accuracy(model, dataset.images, dataset.labels)
     if args.json:
