@@ -280,6 +280,15 @@ def _pool_infer(label: str, attrs: Mapping[str, Any], inputs: tuple[TensorInfo, 
     if attrs["ceil_mode"] and attrs["padding"] == "same":
         raise ShapeError(f"{label}: ceil_mode=true has no effect with padding=same; remove one",
                          "Received: padding=same, ceil_mode=true", code=OUT_OF_RANGE)
+    padding = attrs["padding"]
+    if padding != "same":
+        kh, kw = attrs["kernel"]
+        top, bottom, left, right = padding
+        if max(top, bottom) >= kh or max(left, right) >= kw:
+            raise ShapeError(
+                f"{label}: padding must be smaller than the {kh}x{kw} window, or some windows hold only padding",
+                f"Received: padding=({top}, {bottom}, {left}, {right}), kernel={kh}x{kw}", code=OUT_OF_RANGE,
+            )
     inferred = _window(label, full, inputs[0], "pool")
     return Inferred(inferred.shape, {**inferred.attrs, "stride": stride}, inferred.formulas, inferred.warnings)
 

@@ -313,6 +313,13 @@ def test_predict_rejects_non_finite_values(gray, bad):
         gray.predict(batch)
 
 
+def test_predict_accepts_huge_finite_values_whose_sum_overflows(gray):
+    batch = np.full((2, 1, 8, 8), 3e38, np.float32)
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(batch.sum())
+    assert gray.predict(batch).shape[0] == 2
+
+
 def test_probabilities_apply_softmax_to_logits(gray):
     batch = reference_preprocess(random_images(5))
     probabilities = gray.probabilities(batch)

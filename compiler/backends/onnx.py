@@ -41,6 +41,8 @@ NATIVE_GELU_OPSET = 20
 BATCH_DIM = "N"
 RAW_PIXEL_SCALE = 1 / 255
 PRODUCER = "cnnc"
+# A protobuf message, so a single-file ONNX model, holds at most 2 GiB; keep room for the graph.
+MAX_WEIGHT_BYTES = 2**31 - 2**26
 
 # PyTorch's SELU constants (torch.nn.SELU), more digits than ONNX's float32 defaults need.
 SELU_ALPHA = 1.6732632423543772848170429916717
@@ -79,7 +81,8 @@ def to_onnx(
     outputs: str | None = None,
     seed: int = 0,
     labels: Sequence[str] | None = None,
-    normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+    preprocess: Mapping[str, Any] | None = None,
+    dataset: str | None = None,
     test_accuracy: float | None = None,
 ) -> onnx.ModelProto:
     """The deployable model of a checked program.
@@ -87,15 +90,16 @@ def to_onnx(
     weights: PyTorch state_dict names -> float arrays (a trained model's; extra entries such as
         `num_batches_tracked` are ignored); None: the documented initial weights for `seed`.
     outputs: None (as the spec ends), "logits" or "probabilities" (see onnx_outputs.with_outputs).
-    labels, normalize (mean, std), test_accuracy: what a trained model adds to the metadata;
-        normalize defaults to the train section's `normalize`.
+    labels, preprocess, dataset, test_accuracy: what a trained model's checkpoint adds to the
+        metadata (see metadata_props); by default the spec's own.
     """
     check_opset(opset)
     graph = with_outputs(program.graph, outputs)
     weights = _weights(graph, weights, seed)
     lowered = _Lowering(graph, weights, opset).run(expose_layers=False)
     model = _model(graph, lowered, opset)
-    meta = metadata_props(program, graph, labels=labels, normalize=normalize, test_accuracy=test_accuracy)
+    meta = metadata_props(program, graph, labels=labels, preprocess=preprocess, dataset=dataset,
+                          test_accuracy=test_accuracy)
     helper.set_model_props(model, meta)
     return model
 
@@ -148,7 +152,8 @@ def metadata_props(
     graph: Graph | None = None,
     *,
     labels: Sequence[str] | None = None,
-    normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+    preprocess: Mapping[str, Any] | None = None,
+    dataset: str | None = None,
     test_accuracy: float | None = None,
 ) -> dict[str, str]:
     """The `cnnc.*` entries, all strings (JSON where structured):
@@ -162,9 +167,10 @@ def metadata_props(
                             (pixels * scale - mean) / std per channel; mean [0], std [1] without normalize
         cnnc.output         "logits" or "probabilities" (the graph ends with a softmax)
         cnnc.params         trainable parameters, an integer
-        cnnc.dataset        the train section's dataset (left out when the spec has none)
+        cnnc.dataset        the dataset's name (default: the train section's; left out without one)
         cnnc.test_accuracy  the trained model's test accuracy (given; left out otherwise)
-    `graph` is the graph as emitted (after with_outputs); default: the program's.
+    `graph` is the graph as emitted (after with_outputs); default: the program's. `preprocess`
+    ({"scale", "mean", "std"}, a checkpoint's) replaces the spec's normalize.
     """
     graph = graph or program.graph
     classes = graph.output_node.shape[0]
@@ -172,9 +178,11 @@ def metadata_props(
         labels = [str(i) for i in range(classes)]
     elif len(labels) != classes:
         raise CnncError(f"{len(labels)} class labels for a model with {classes} outputs")
-    if normalize is None and program.train is not None and program.train.normalize is not None:
-        normalize = (program.train.normalize["mean"], program.train.normalize["std"])
-    mean, std = normalize if normalize is not None else ((0.0,), (1.0,))
+    scale, mean, std = RAW_PIXEL_SCALE, (0.0,), (1.0,)
+    if preprocess is not None:
+        scale, mean, std = preprocess.get("scale", scale), preprocess["mean"], preprocess["std"]
+    elif program.train is not None and program.train.normalize is not None:
+        mean, std = program.train.normalize["mean"], program.train.normalize["std"]
     spec = program.spec_text
     props = {
         "cnnc.version": __version__,
@@ -184,14 +192,15 @@ def metadata_props(
         "cnnc.labels": json.dumps([str(label) for label in labels]),
         "cnnc.input_layout": "NCHW",
         "cnnc.input_shape": json.dumps(list(graph.input.shape)),
-        "cnnc.preprocess": json.dumps({"scale": RAW_PIXEL_SCALE, "mean": [float(m) for m in _seq(mean)],
+        "cnnc.preprocess": json.dumps({"scale": float(scale), "mean": [float(m) for m in _seq(mean)],
                                        "std": [float(s) for s in _seq(std)]}),
         "cnnc.output": output_kind(graph),
         "cnnc.params": str(graph.trainable_params),
     }
-    dataset = program.train.dataset if program.train is not None else None
-    if dataset is not None:
-        props["cnnc.dataset"] = dataset.name
+    if dataset is None and program.train is not None and program.train.dataset is not None:
+        dataset = program.train.dataset.name
+    if dataset:
+        props["cnnc.dataset"] = dataset
     if test_accuracy is not None:
         props["cnnc.test_accuracy"] = json.dumps(float(test_accuracy))
     return props
@@ -208,10 +217,12 @@ def _seq(values: Any) -> list:
 def _weights(graph: Graph, weights: Mapping[str, Any] | None, seed: int) -> dict[str, np.ndarray]:
     from cnnc.compiler.backends.weights import initial_weights, parameter_shapes
 
+    shapes = parameter_shapes(graph)
+    _check_file_limit(sum(4 * math.prod(shape) for shape in shapes.values()))  # before allocating any
     if weights is None:
         return initial_weights(graph, seed)
     arrays: dict[str, np.ndarray] = {}
-    for name, shape in parameter_shapes(graph).items():
+    for name, shape in shapes.items():
         if name not in weights:
             raise CnncError(f"the weights have no '{name}' (the spec's layer needs {_shape_text(shape)})")
         array = np.asarray(weights[name], dtype=np.float32)
@@ -220,6 +231,12 @@ def _weights(graph: Graph, weights: Mapping[str, Any] | None, seed: int) -> dict
                             f"but the spec's layer needs {_shape_text(shape)}")
         arrays[name] = array
     return arrays
+
+
+def _check_file_limit(total: int) -> None:
+    if total > MAX_WEIGHT_BYTES:
+        raise CnncError(f"the model's weights take {total / 2**30:.2f} GiB, more than a single ONNX file "
+                        f"holds (2 GiB); reduce the model (see `cnnc summary`)")
 
 
 def _shape_text(shape: Sequence[int]) -> str:
