@@ -148,11 +148,9 @@ class Model:
         check_batch_shape(batch.shape, self.input_shape)
         # No copy when the batch already is float32 and C-contiguous, the common case.
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        # One reduction, no mask: a sum is finite unless some value is NaN or infinite (or the finite
-        # values overflow, which the exact check below then clears).
-        with np.errstate(over="ignore"):
-            total = batch.sum()
-        if not math.isfinite(total) and not np.isfinite(batch).all():
+        # One reduction and no mask: a float64 sum of float32 values cannot overflow, so it is finite
+        # unless some value is NaN or infinite.
+        if not math.isfinite(batch.sum(dtype=np.float64)):
             first = tuple(int(i) for i in np.argwhere(~np.isfinite(batch))[0])
             raise CnncError(f"the batch contains NaN or infinite values (the first at index {first}: {batch[first]})")
         return batch
