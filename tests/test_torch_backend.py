@@ -1,0 +1,290 @@
+"""The PyTorch backend: real shapes and parameter counts equal the IR's, and convolutions and pooling
+match hand-written numpy loops that resolve 'same' padding themselves (TensorFlow's rule)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from cnnc.compiler.backends.pytorch import build_module, load_weights
+from cnnc.compiler.backends.weights import initial_weights
+from cnnc.compiler.check import check_file
+from cnnc.compiler.ir import Graph
+from cnnc.errors import CnncError
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS = sorted([*(ROOT / "specs").glob("*.cnn"), *(ROOT / "tests" / "specs").glob("*.cnn")])
+
+
+def graph_of(text: str) -> Graph:
+    result = check_file("test.cnn", text=text)
+    assert result.program is not None, result.diagnostics
+    return result.program.graph
+
+
+# --- numpy references: direct loops over every output element -------------------------------------
+
+def tf_same_pads(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """TensorFlow's 'same': output ceil(size / stride), the odd padding row at the end."""
+    reach = dilation * (kernel - 1) + 1
+    total = max((math.ceil(size / stride) - 1) * stride + reach - size, 0)
+    return total // 2, total - total // 2
+
+
+def conv_reference(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride, pads, dilation,
+                   groups: int) -> np.ndarray:
+    channels, height, width = x.shape
+    filters, per_group, kh, kw = weight.shape
+    top, bottom, left, right = pads
+    out_h = (height + top + bottom - (dilation[0] * (kh - 1) + 1)) // stride[0] + 1
+    out_w = (width + left + right - (dilation[1] * (kw - 1) + 1)) // stride[1] + 1
+    out = np.zeros((filters, out_h, out_w))
+    for f in range(filters):
+        group = f // (filters // groups)
+        for i in range(out_h):
+            for j in range(out_w):
+                total = 0.0 if bias is None else float(bias[f])
+                for c in range(per_group):
+                    for u in range(kh):
+                        for v in range(kw):
+                            row = i * stride[0] - top + u * dilation[0]
+                            col = j * stride[1] - left + v * dilation[1]
+                            if 0 <= row < height and 0 <= col < width:
+                                total += x[group * per_group + c, row, col] * weight[f, c, u, v]
+                out[f, i, j] = total
+    return out
+
+
+def pooled_size(size: int, kernel: int, stride: int, before: int, after: int, ceil_mode: bool) -> int:
+    span = size + before + after - kernel
+    if not ceil_mode:
+        return span // stride + 1
+    out = -(-span // stride) + 1
+    return out - 1 if (out - 1) * stride >= size + before else out
+
+
+def pool_reference(x: np.ndarray, kind: str, kernel, stride, pads, ceil_mode: bool, count_pad: bool) -> np.ndarray:
+    """Max: over input elements only. Average: over the input elements, plus the padding ones with
+    count_pad; a ceil-mode window's reach beyond the padding is never counted."""
+    channels, height, width = x.shape
+    top, bottom, left, right = pads
+    out_h = pooled_size(height, kernel[0], stride[0], top, bottom, ceil_mode)
+    out_w = pooled_size(width, kernel[1], stride[1], left, right, ceil_mode)
+    out = np.zeros((channels, out_h, out_w))
+    for c in range(channels):
+        for i in range(out_h):
+            for j in range(out_w):
+                values, counted = [], 0
+                for u in range(kernel[0]):
+                    for v in range(kernel[1]):
+                        row, col = i * stride[0] - top + u, j * stride[1] - left + v
+                        inside = 0 <= row < height and 0 <= col < width
+                        in_padding = -top <= row < height + bottom and -left <= col < width + right
+                        if inside:
+                            values.append(x[c, row, col])
+                        counted += inside or (count_pad and in_padding)
+                out[c, i, j] = max(values) if kind == "maxpool" else sum(values) / counted
+    return out
+
+
+# --- every spec of the project ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec", SPECS, ids=[p.stem for p in SPECS])
+def test_spec_lowers_with_the_irs_shapes_parameters_and_weights(spec: Path) -> None:
+    graph = check_file(spec).program.graph
+    module = build_module(graph, seed=3).eval()
+    outputs = module.forward_all(torch.rand(2, *graph.input.shape))
+    for node in graph.nodes:
+        assert tuple(outputs[node.name].shape) == (2, *node.shape), node.name
+    assert sum(p.numel() for p in module.parameters()) == graph.trainable_params
+    assert sum(b.numel() for b in module.buffers()) == graph.non_trainable_params
+    expected = initial_weights(graph, seed=3)
+    state = module.state_dict()
+    assert list(state) == list(expected)
+    assert all(np.array_equal(state[name].numpy(), value) for name, value in expected.items())
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[p.stem for p in SPECS])
+def test_forward_is_forward_all_in_either_memory_format(spec: Path) -> None:
+    graph = check_file(spec).program.graph
+    module = build_module(graph).eval()
+    x = torch.rand(3, *graph.input.shape)
+    with torch.no_grad():
+        expected = module.forward_all(x)[graph.output]
+        assert torch.equal(module(x), expected)
+        module.to(memory_format=torch.channels_last)
+        torch.testing.assert_close(module(x.to(memory_format=torch.channels_last)), expected)
+
+
+def test_block_layers_nest_in_the_state_dict() -> None:
+    graph = check_file(next(p for p in SPECS if p.stem == "resnet_cifar")).program.graph
+    keys = build_module(graph).state_dict().keys()
+    assert {"conv1.weight", "residual_down1.conv3.weight", "residual_down1.shortcut.running_var"} <= set(keys)
+    assert not any("num_batches_tracked" in key for key in keys)
+
+
+def test_logits_skip_a_final_softmax() -> None:
+    graph = check_file(next(p for p in SPECS if p.stem == "keras_mnist")).program.graph
+    module = build_module(graph).eval()
+    x = torch.rand(4, 1, 28, 28)
+    assert module.ends_in_softmax
+    torch.testing.assert_close(torch.softmax(module(x, logits=True), dim=1), module(x))
+    plain = build_module(graph_of("model m {\n input x(1, 4, 4)\n flatten\n dense(3)\n}\n"))
+    assert not plain.ends_in_softmax
+    assert torch.equal(plain(x[:, :, :4, :4], logits=True), plain(x[:, :, :4, :4]))
+
+
+def test_flat_gate_broadcasts_over_a_feature_map() -> None:
+    graph = graph_of("model m {\n input x(4, 3, 3)\n gate = global_avgpool\n multiply(x, gate)\n flatten\n}\n")
+    x = torch.rand(2, 4, 3, 3)
+    expected = x * x.mean((2, 3))[:, :, None, None]
+    torch.testing.assert_close(build_module(graph)(x), expected.flatten(1))
+
+
+def test_weights_that_do_not_fit_are_refused_by_name() -> None:
+    graph = graph_of("model m {\n input x(1, 4, 4)\n flatten\n fc = dense(3)\n}\n")
+    weights = initial_weights(graph)
+    weights["fc.weight"] = np.zeros((3, 15), np.float32)
+    with pytest.raises(CnncError, match=r"wrong shape: fc.weight \(3, 15\) \(the model's is \(3, 16\)\)"):
+        build_module(graph, weights=weights)
+    del weights["fc.bias"]
+    weights["head.weight"] = weights.pop("fc.weight")
+    with pytest.raises(CnncError, match="missing: fc.weight, fc.bias; unexpected: head.weight"):
+        load_weights(build_module(graph), weights)
+
+
+def test_a_layer_named_like_a_module_attribute_is_refused() -> None:
+    graph = graph_of("model m {\n input x(1, 4, 4)\n flatten\n forward = dense(3)\n}\n")
+    with pytest.raises(CnncError, match="layer name 'forward' clashes with the PyTorch module attribute"):
+        build_module(graph)
+
+
+# --- 'same' padding and pooling against the loops ---------------------------------------------------
+
+def test_same_maxpool_of_7_pads_the_odd_row_at_the_bottom() -> None:
+    x = torch.arange(49, dtype=torch.float32).reshape(1, 1, 7, 7) - 100  # all negative: padding must not win
+    y = build_module(graph_of("model m {\n input x(1, 7, 7)\n maxpool(2, padding=same)\n}\n"))(x)
+    expected = x[0, 0].numpy()[[1, 3, 5, 6]][:, [1, 3, 5, 6]]  # each window's bottom-right, then the edge
+    assert np.array_equal(y[0, 0].numpy(), expected)
+
+
+@pytest.mark.parametrize("size,kernel,stride", [(7, 3, 1), (7, 2, 2), (8, 3, 2), (5, 4, 3), (6, 2, 1)])
+def test_same_conv_and_pooling_match_tensorflow(size: int, kernel: int, stride: int) -> None:
+    text = (f"model m {{\n input x(2, {size}, {size + 1})\n"
+            f" c = x -> conv(3, kernel={kernel}, stride={stride}, padding=same)\n"
+            f" m = x -> maxpool({kernel}, stride={stride}, padding=same)\n"
+            f" a = x -> avgpool({kernel}, stride={stride}, padding=same)\n"
+            f" concat(c, m, a)\n}}\n")
+    module = build_module(graph_of(text), seed=1)
+    values = module.forward_all(torch.randn(1, 2, size, size + 1))
+    pads = (*tf_same_pads(size, kernel, stride), *tf_same_pads(size + 1, kernel, stride))
+    state = module.state_dict()
+    conv = conv_reference(values["x"][0].numpy(), state["c.weight"].numpy(), state["c.bias"].numpy(),
+                          (stride, stride), pads, (1, 1), 1)
+    np.testing.assert_allclose(values["c"][0].detach().numpy(), conv, rtol=1e-5, atol=1e-5)
+    for kind, name in (("maxpool", "m"), ("avgpool", "a")):
+        pooled = pool_reference(values["x"][0].numpy(), kind, (kernel, kernel), (stride, stride), pads,
+                                False, False)
+        np.testing.assert_allclose(values[name][0].detach().numpy(), pooled, rtol=1e-5, atol=1e-5)
+    assert values["c"].shape[2:] == (math.ceil(size / stride), math.ceil((size + 1) / stride))
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One generated layer: its spec text and what the reference needs."""
+
+    kind: str  # conv, maxpool or avgpool
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: str | tuple[int, int, int, int]
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+    filters: int = 0
+    ceil_mode: bool = False
+    count_pad: bool = False
+
+    def text(self) -> str:
+        padding = self.padding if isinstance(self.padding, str) else f"({', '.join(map(str, self.padding))})"
+        common = f"kernel={_pair(self.kernel)}, stride={_pair(self.stride)}, padding={padding}"
+        if self.kind == "conv":
+            return (f"conv({self.filters}, {common}, dilation={_pair(self.dilation)}, groups={self.groups}, "
+                    f"bias=true, init=normal(1.0), bias_init=normal(1.0))")
+        extra = f", count_pad={str(self.count_pad).lower()}" if self.kind == "avgpool" else ""
+        return f"{self.kind}({common}, ceil_mode={str(self.ceil_mode).lower()}{extra})"
+
+    def pads(self, height: int, width: int) -> tuple[int, int, int, int]:
+        if self.padding == "same":
+            return (*tf_same_pads(height, self.kernel[0], self.stride[0], self.dilation[0]),
+                    *tf_same_pads(width, self.kernel[1], self.stride[1], self.dilation[1]))
+        return self.padding
+
+
+def _pair(values: tuple[int, int]) -> str:
+    return f"({values[0]}, {values[1]})"
+
+
+pairs = st.tuples(st.integers(1, 3), st.integers(1, 3))
+explicit_pads = st.tuples(*[st.integers(0, 2)] * 4)
+
+
+@st.composite
+def layers(draw: st.DrawFn, channels: int) -> Layer:
+    kind = draw(st.sampled_from(["conv", "maxpool", "avgpool"]))
+    padding = draw(st.one_of(st.just("same"), explicit_pads))
+    if kind == "conv":
+        groups = draw(st.sampled_from([g for g in (1, 2, 3) if channels % g == 0]))
+        return Layer(kind, draw(pairs), draw(pairs), padding, draw(st.tuples(st.integers(1, 2), st.integers(1, 2))),
+                     groups, groups * draw(st.integers(1, 2)))
+    kernel = draw(st.tuples(st.integers(1, 4), st.integers(1, 4)))
+    if padding != "same":  # a window wholly in the padding has nothing to pool (see the report)
+        top, bottom, left, right = padding
+        padding = tuple(min(pad, kernel[axis] - 1) for pad, axis in ((top, 0), (bottom, 0), (left, 1), (right, 1)))
+    ceil_mode = padding != "same" and draw(st.booleans())
+    return Layer(kind, kernel, draw(pairs), padding,
+                 ceil_mode=ceil_mode, count_pad=draw(st.booleans()))
+
+
+@st.composite
+def stacks(draw: st.DrawFn) -> tuple[tuple[int, int, int], list[Layer]]:
+    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 9)), draw(st.integers(1, 9)))
+    channels, stack = shape[0], []
+    for _ in range(draw(st.integers(1, 3))):
+        layer = draw(layers(channels))
+        channels = layer.filters or channels
+        stack.append(layer)
+    return shape, stack
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stacks(), st.integers(0, 2**31 - 1))
+def test_generated_conv_and_pool_stacks_match_the_loops(stack, seed: int) -> None:
+    shape, layers_ = stack
+    text = f"model m {{\n input x({', '.join(map(str, shape))})\n" + "".join(f" {l.text()}\n" for l in layers_) + "}\n"
+    result = check_file("stack.cnn", text=text)
+    assume(result.program is not None)  # windows larger than their (padded) input are errors
+    graph = result.program.graph
+    module = build_module(graph, seed=seed)
+    assert sum(p.numel() for p in module.parameters()) == graph.trainable_params
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        values = module.forward_all(torch.randn(2, *shape, generator=generator, dtype=torch.float32))
+    state = module.state_dict()
+    for node, layer in zip(graph.nodes[1:], layers_, strict=True):
+        before = values[node.inputs[0]][1].numpy().astype(np.float64)
+        after = values[node.name]
+        assert tuple(after.shape[1:]) == node.shape
+        pads = layer.pads(*before.shape[1:])
+        if layer.kind == "conv":
+            expected = conv_reference(before, state[f"{node.name}.weight"].numpy(), state[f"{node.name}.bias"].numpy(),
+                                      layer.stride, pads, layer.dilation, layer.groups)
+        else:
+            expected = pool_reference(before, layer.kind, layer.kernel, layer.stride, pads, layer.ceil_mode,
+                                      layer.count_pad)
+        np.testing.assert_allclose(after[1].numpy(), expected, rtol=1e-4, atol=1e-4, err_msg=f"{node.name}: {layer}")

@@ -1,0 +1,90 @@
+"""`cnnc train`: train a spec into a run directory, or continue one with --resume.
+
+Imports only argparse at module level: `cnnc check` must not pay for torch (see cnnc/cli.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+DEVICES = ("auto", "cpu", "cuda")
+# Flags that change what is trained: a resumed run keeps its own, so they may not be given with --resume.
+TRAINING_FLAGS = ("dataset", "epochs", "batch_size", "lr", "seed", "limit_train", "limit_test",
+                  "channels_last", "compile", "bf16")
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    train = subparsers.add_parser(
+        "train", help="train a spec with PyTorch into a run directory",
+        description="Train SPEC as its train section says (flags override it), into a run directory with "
+                    "the spec, settings, metrics.jsonl, checkpoints (last.pt, best.pt) and plots. "
+                    "Under torchrun (python -m torch.distributed.run --nproc_per_node=N -m cnnc train ...) "
+                    "the processes share each batch.",
+    )
+    train.add_argument("spec", nargs="?", metavar="SPEC", help="the .cnn file (not with --resume)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    train.add_argument("--out", metavar="RUN_DIR", help="the run directory (default: runs/<model>-<timestamp>)")
+    data = train.add_argument_group("data")
+    data.add_argument("--data", metavar="DIR", help="where the dataset's files are (for folder and npz: its path)")
+    data.add_argument("--dataset", metavar="NAME", help="train on this dataset instead of the spec's")
+    data.add_argument("--limit-train", type=_positive_int, metavar="N", help="use only the first N training images")
+    data.add_argument("--limit-test", type=_positive_int, metavar="N", help="use only the first N test images")
+    settings = train.add_argument_group("overriding the train section")
+    settings.add_argument("--epochs", type=_positive_int, metavar="N")
+    settings.add_argument("--batch-size", type=_positive_int, metavar="N")
+    settings.add_argument("--lr", type=_positive_float, metavar="RATE", help="the optimizer's learning rate")
+    settings.add_argument("--seed", type=_non_negative_int, metavar="N")
+    execution = train.add_argument_group("execution")
+    execution.add_argument("--device", choices=DEVICES, default=None,
+                           help="cuda, cpu, or auto: cuda when available (default: auto)")
+    execution.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                           help="NHWC memory format (default: on; measured faster on CPU and CUDA)")
+    execution.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
+    execution.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA only)")
+    output = train.add_argument_group("output")
+    mode = output.add_mutually_exclusive_group()
+    mode.add_argument("--quiet", action="store_true", help="print only the final line")
+    mode.add_argument("--json", action="store_true", help="one JSON object per event on stdout")
+    train.set_defaults(handler=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from cnnc.cli import UsageError
+
+    if (args.spec is None) == (args.resume is None):
+        raise UsageError("give a SPEC to train, or --resume RUN_DIR to continue a run (not both)")
+    if args.resume is not None:
+        given = [f"--{name.replace('_', '-')}" for name in TRAINING_FLAGS if getattr(args, name) not in (None, False)]
+        if given or args.out:
+            raise UsageError(f"--resume continues a run with its own settings; drop {', '.join(given or ['--out'])}")
+    from cnnc.training.run import train_from_args
+
+    return train_from_args(args)
+
+
+def _positive_int(text: str) -> int:
+    value = _parse(text, int, "an integer")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = _parse(text, int, "an integer")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _parse(text, float, "a number")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
+    return value
+
+
+def _parse(text: str, kind: type, description: str):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {description}, got {text!r}") from None

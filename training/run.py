@@ -1,0 +1,436 @@
+"""A training run, from the command line's arguments to a complete run directory.
+
+Run directory (rank 0 writes it):
+    spec/<spec file> and every included file (relative to the spec), spec/<model>.ir (the checked IR)
+    settings.json          what exactly ran: the effective train settings, the command-line overrides,
+                           device and memory format, dataset sizes, versions, the command line
+    metrics.jsonl          one object per epoch (epoch, train_loss, train_accuracy, val_loss,
+                           val_accuracy, lr, seconds, images_per_second), then one with test_loss,
+                           test_accuracy, test_examples, model_epoch (whose weights were tested)
+    last.pt, best.pt       checkpoints (see checkpoint.py)
+    curves.png             loss and accuracy per epoch
+    confusion_matrix.png, confusion_matrix.json   on the test set
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import cnnc
+from cnnc.compiler.backends.pytorch import CnncModule, build_module
+from cnnc.compiler.ir import Program
+from cnnc.compiler.train_config import TrainConfig
+from cnnc.errors import CnncError
+from cnnc.training.augment import Augmenter
+from cnnc.training.checkpoint import BEST, LAST, Checkpoint, load_checkpoint, save_checkpoint
+from cnnc.training.data import BatchPreparer, Normalization, Splits, TensorSplit, load_splits
+from cnnc.training.distributed import World, gather, join_world, leave_world
+from cnnc.training.losses import CrossEntropy
+from cnnc.training.optim import LearningRateSchedule, build_optimizer
+from cnnc.training.reporting import CURVES, METRICS, Console, MetricsLog, write_confusion_matrix, write_curves
+from cnnc.training.settings import Overrides, config_to_json, effective_config
+from cnnc.training.trainer import BestTracker, Interrupted, Trainer
+
+EXIT_INTERRUPTED = 130
+SETTINGS = "settings.json"
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How the run executes (not what it learns): kept in settings.json and reused by --resume."""
+
+    device: str  # "cpu" or "cuda"
+    channels_last: bool
+    compile: bool
+    bf16: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def train_from_args(args: argparse.Namespace) -> int:
+    mode = "json" if args.json else "quiet" if args.quiet else "text"
+    device_type, device_note = resolve_device(args.device or "auto")
+    world = join_world(device_type)
+    console = Console(mode, enabled=world.is_main)
+    try:
+        if args.resume is not None:
+            session = _resume(args, device_type, world, console)
+        else:
+            session = _start(args, device_type, world, console)
+        if session is None:
+            return 0
+        if device_note:
+            console.note(device_note)
+        return session.run()
+    finally:
+        leave_world(world)
+
+
+def resolve_device(choice: str) -> tuple[str, str | None]:
+    """("cpu" or "cuda", a note saying what auto picked)."""
+    if choice == "cpu":
+        return "cpu", None
+    available = torch.cuda.is_available()
+    reason = "a CUDA device is available" if available else (
+        "this PyTorch build has no CUDA support" if torch.version.cuda is None else "no CUDA device was found")
+    if choice == "cuda":
+        if not available:
+            raise CnncError(f"--device cuda: CUDA is not available ({reason}); use --device cpu")
+        return "cuda", None
+    picked = "cuda" if available else "cpu"
+    return picked, f"device: {picked} (auto: {reason})"
+
+
+# --- starting and resuming ----------------------------------------------------------------------------
+
+def _start(args: argparse.Namespace, device_type: str, world: World, console: Console) -> Session:
+    from cnnc.cli import UsageError
+
+    program = _check_spec(args.spec, world)
+    if program.train is None:
+        raise CnncError(f"{args.spec} has no train section: add one (for example `train {{ dataset mnist }}`)")
+    if args.bf16 and device_type != "cuda":
+        message = "--bf16 needs CUDA; this run is on the CPU"
+        raise UsageError(message) if args.device == "cpu" else CnncError(message)
+    overrides = Overrides(args.dataset, args.data, args.epochs, args.batch_size, args.lr, args.seed,
+                          args.limit_train, args.limit_test)
+    execution = Execution(device_type, True if args.channels_last is None else args.channels_last,
+                          args.compile, args.bf16)
+    run_dir = _shared(world, lambda: _new_run_dir(args.out, program.graph.name))
+    session = Session.create(program, overrides, execution, world, console, run_dir, args.spec)
+    session.write_run_files(args.spec)  # only now that the data and the model are known to be good
+    return session
+
+
+def _resume(args: argparse.Namespace, device_type: str, world: World, console: Console) -> Session | None:
+    """The session that continues the run (None when it has already finished)."""
+    run_dir = Path(args.resume)
+    checkpoint = load_checkpoint(run_dir)
+    if checkpoint.training is None:
+        raise CnncError(f"{checkpoint.path} holds no training state to resume from")
+    if checkpoint.finished:
+        accuracy = checkpoint.test_accuracy
+        console.final(f"{run_dir} has already finished: test accuracy {accuracy:.2%}",
+                      run_dir=str(run_dir), test_accuracy=accuracy, already_finished=True)
+        return None
+    stored = checkpoint.settings
+    if stored["execution"]["bf16"] and device_type != "cuda":
+        raise CnncError(f"{run_dir} was trained with --bf16, which needs CUDA; this machine has none")
+    overrides = Overrides.from_json({**stored["overrides"], **({"data": args.data} if args.data else {})})
+    execution = Execution(**{**stored["execution"], "device": device_type})
+    session = Session.create(checkpoint.program(), overrides, execution, world, console, run_dir,
+                              checkpoint.spec_path, checkpoint)
+    console.note(f"resuming {run_dir} after epoch {checkpoint.epoch}"
+                 + (f", step {checkpoint.step_in_epoch}" if checkpoint.step_in_epoch else ""))
+    return session
+
+
+def _check_spec(spec: str, world: World) -> Program:
+    """The checked program; only rank 0 prints the spec's warnings."""
+    from cnnc.compiler.cli import load_program
+
+    if world.is_main:
+        return load_program(spec)
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
+        return load_program(spec)
+
+
+def _new_run_dir(out: str | None, model_name: str) -> Path:
+    """The new run's directory (created later, when the run is known to start)."""
+    from cnnc.cli import UsageError
+
+    if out is not None:
+        run_dir = Path(out)
+        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+            raise UsageError(f"--out {out} already exists and is not an empty directory: "
+                             f"continue that run with --resume {out}, or choose another --out")
+    else:
+        stem = Path("runs") / f"{model_name}-{datetime.now():%Y%m%d-%H%M%S}"
+        run_dir, suffix = stem, 1
+        while run_dir.exists():
+            suffix += 1
+            run_dir = stem.with_name(f"{stem.name}-{suffix}")
+    return run_dir
+
+
+def _shared(world: World, make):
+    """`make()` on rank 0, its result on every process (an error on rank 0 stops all of them)."""
+    try:
+        value, error = (make(), None) if world.is_main else (None, None)
+    except Exception as problem:  # noqa: BLE001 - re-raised below, on every process
+        value, error = None, problem
+    value, error = gather(world, (value, error))[0]
+    if error is not None:
+        raise error
+    return value
+
+
+# --- a session: everything one run needs ------------------------------------------------------------
+
+@dataclass
+class Session:
+    program: Program
+    overrides: Overrides
+    execution: Execution
+    world: World
+    console: Console
+    run_dir: Path
+    spec_path: str
+    splits: Splits
+    normalization: Normalization
+    trainer: Trainer
+    started: float
+    settings: dict[str, Any]  # settings.json, also stored in every checkpoint
+
+    @staticmethod
+    def create(program: Program, overrides: Overrides, execution: Execution, world: World, console: Console,
+               run_dir: Path, spec_path: str, checkpoint: Checkpoint | None = None) -> Session:
+        """Check the settings, load the data, build the model and trainer; continue `checkpoint` if given."""
+        config = effective_config(program.train, overrides)
+        graph = program.graph
+        if config.batch_size % world.size:
+            raise CnncError(f"the batch size {config.batch_size} does not divide among {world.size} processes")
+        device = _device(execution.device, world)
+        _seed_everything(config.seed, world.rank)
+        splits = load_splits(config, overrides, Path(spec_path).parent, graph, progress=console.mode == "text")
+        normalization = Normalization.of(config, graph.input.shape[0])
+        model = build_module(graph, seed=config.seed, weights=checkpoint.model_state if checkpoint else None)
+        model.to(device, memory_format=torch.channels_last if execution.channels_last else torch.preserve_format)
+        trainer = _build_trainer(model, config, execution, world, device, splits, normalization, console, run_dir)
+        session = Session(program, overrides, execution, world, console, run_dir, spec_path, splits, normalization,
+                          trainer, time.perf_counter(), {})
+        trainer.save = session.save
+        session.settings = json.loads(json.dumps(session.describe()))  # plain data only (weights_only loading)
+        if checkpoint is not None:
+            session.continue_from(checkpoint)
+        return session
+
+    @property
+    def config(self) -> TrainConfig:
+        return self.trainer.config
+
+    def continue_from(self, checkpoint: Checkpoint) -> None:
+        stored = checkpoint.settings
+        self.settings = {**stored, "execution": self.execution.to_json(),
+                         "resumed": [*stored.get("resumed", []), " ".join(sys.argv)]}
+        self.trainer.resume_from(checkpoint.training)
+        best = self.run_dir / BEST
+        if self.trainer.best.best_epoch and best.exists():
+            self.trainer.best_state = load_checkpoint(best).model_state
+        if self.trainer.metrics is not None:
+            self.trainer.metrics.keep_epochs_up_to(checkpoint.epoch)
+
+    # --- running ------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self._announce()
+        try:
+            outcome = self.trainer.fit()
+        except Interrupted:
+            position = self.trainer.position
+            self.console.final(
+                f"interrupted at epoch {position.epoch + 1}, step {position.step_in_epoch}: saved "
+                f"{self.run_dir / LAST}; continue with: cnnc train --resume {self.run_dir}",
+                run_dir=str(self.run_dir), interrupted=True, epoch=position.epoch + 1, step=position.step_in_epoch)
+            return EXIT_INTERRUPTED
+        return self._finish(outcome)
+
+    def _announce(self) -> None:
+        graph, config, splits = self.program.graph, self.config, self.splits
+        validation = len(splits.validation) if splits.validation is not None else 0
+        self.console.event(
+            "start",
+            f"training {graph.name} ({graph.trainable_params:,} parameters) on {self.execution.device}"
+            f"{f' x {self.world.size} processes' if self.world.distributed else ''}: {config.dataset.name} "
+            f"{len(splits.train):,} train / {validation:,} validation / {len(splits.test):,} test images, "
+            f"{config.epochs} epochs of {self.trainer.schedule.steps_per_epoch} steps -> {self.run_dir}",
+            run_dir=str(self.run_dir), model=graph.name, parameters=graph.trainable_params,
+            device=self.execution.device, processes=self.world.size, dataset=config.dataset.name,
+            train_examples=len(splits.train), validation_examples=validation, test_examples=len(splits.test),
+            epochs=config.epochs, steps_per_epoch=self.trainer.schedule.steps_per_epoch,
+        )
+
+    def _finish(self, outcome: str) -> int:
+        trainer = self.trainer
+        model_epoch = trainer.restore_best_if_asked()
+        test_loss, test_accuracy, matrix = trainer.evaluate(TensorSplit.of(self.splits.test, trainer.device),
+                                                            confusion=True)
+        record = {"test_loss": test_loss, "test_accuracy": test_accuracy, "test_examples": len(self.splits.test),
+                  "model_epoch": model_epoch, "epochs_trained": trainer.position.epoch}
+        training = trainer.training_state(None)
+        if self.world.is_main:
+            trainer.metrics.append(record)
+            self._write_plots(matrix)
+            final = {"finished": True, "test_accuracy": test_accuracy, "test_loss": test_loss}
+            self._save(LAST, {**final, "training": training, "epoch": model_epoch})
+            if model_epoch == trainer.best.best_epoch and (self.run_dir / BEST).exists():
+                self._save(BEST, {**final, "training": None, "epoch": model_epoch})
+        self.console.event("test", None, **record)
+        seconds = time.perf_counter() - self.started
+        self.console.final(
+            f"test accuracy {test_accuracy:.2%} (loss {test_loss:.4f}) on {len(self.splits.test):,} images after "
+            f"{trainer.position.epoch} epochs ({outcome}, {seconds:.0f}s); run directory: {self.run_dir}",
+            run_dir=str(self.run_dir), outcome=outcome, seconds=seconds, **record)
+        return 0
+
+    def _write_plots(self, matrix: np.ndarray) -> None:
+        title = self.program.graph.name
+        history = self.trainer.history
+        if history:
+            write_curves(history, self.run_dir / CURVES, title)
+        write_confusion_matrix(matrix, self.splits.test.classes, self.run_dir, title)
+
+    # --- files -----------------------------------------------------------------------------------
+
+    def save(self, which: str, training: dict[str, Any]) -> None:
+        """The trainer's checkpoint callback: "last" (with the training state) or "best"."""
+        if not self.world.is_main:
+            return
+        if which == "last":
+            self._save(LAST, {"training": training})
+        else:
+            self._save(BEST, {"training": None, "step_in_epoch": 0})
+
+    def _save(self, name: str, fields: dict[str, Any]) -> None:
+        position = self.trainer.position
+        contents = {
+            "model": {key: value.detach().cpu().contiguous() for key, value in self.trainer.model.state_dict().items()},
+            "model_name": self.program.graph.name,
+            "spec_path": self.spec_path,
+            "sources": dict(self.program.sources),
+            "classes": list(self.splits.train.classes),
+            "input_shape": list(self.program.graph.input.shape),
+            "preprocess": self.normalization.to_json(),
+            "dataset": self.config.dataset.name,
+            "settings": self.settings,
+            "epoch": position.epoch,
+            "step_in_epoch": position.step_in_epoch,
+            "finished": False,
+            "test_accuracy": None,
+            "test_loss": None,
+            **fields,
+        }
+        save_checkpoint(contents, self.run_dir / name)
+
+    def describe(self) -> dict[str, Any]:
+        """settings.json of a new run."""
+        splits, graph = self.splits, self.program.graph
+        return {
+            "spec": self.spec_path,
+            "model": graph.name,
+            "train": config_to_json(self.config),
+            "overrides": self.overrides.to_json(),
+            "execution": self.execution.to_json(),
+            "processes": self.world.size,
+            "data": {
+                "dataset": self.config.dataset.name,
+                "train_examples": len(splits.train),
+                "validation_examples": len(splits.validation) if splits.validation is not None else 0,
+                "test_examples": len(splits.test),
+                "classes": list(splits.train.classes),
+                "preprocess": self.normalization.to_json(),
+            },
+            "model_size": {"trainable_params": graph.trainable_params,
+                           "non_trainable_params": graph.non_trainable_params, "macs": graph.total_macs},
+            "versions": {"cnnc": cnnc.__version__, "torch": torch.__version__, "numpy": np.__version__,
+                         "python": platform.python_version()},
+            "machine": {"host": platform.node(), "platform": platform.platform(), "threads": torch.get_num_threads()},
+            "command": " ".join(sys.argv),
+        }
+
+    def write_run_files(self, spec: str) -> None:
+        """The spec and its includes, the checked IR, and settings.json (rank 0)."""
+        if not self.world.is_main:
+            return
+        from cnnc.compiler import ir_text
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        spec_dir = self.run_dir / "spec"
+        base = Path(spec).parent
+        for path, text in self.program.sources.items():
+            relative = Path(os.path.relpath(path, base))
+            if relative.parts and relative.parts[0] == "..":  # an include from outside the spec's folder
+                relative = Path("_outside") / relative.name
+            (spec_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+            (spec_dir / relative).write_text(text)
+        (spec_dir / f"{self.program.graph.name}.ir").write_text(ir_text.to_text(self.program.graph))
+        (self.run_dir / SETTINGS).write_text(json.dumps(self.settings, indent=2) + "\n")
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+def _build_trainer(model: CnncModule, config: TrainConfig, execution: Execution, world: World, device: torch.device,
+                   splits: Splits, normalization: Normalization, console: Console, run_dir: Path) -> Trainer:
+    augment_generator = torch.Generator().manual_seed(_derived_seed(config.seed, world.rank, 1))
+    augmenter = Augmenter(config.augment, augment_generator) if config.augment else None
+    steps_per_epoch = math.ceil(math.ceil(len(splits.train) / world.size) / (config.batch_size // world.size))
+    return Trainer(
+        model=model,
+        train_model=_training_module(model, execution, world, device),
+        optimizer=build_optimizer(model.parameters(), config.optimizer),
+        schedule=LearningRateSchedule(config.optimizer["lr"], config.schedule, steps_per_epoch,
+                                      config.epochs * steps_per_epoch, config.warmup_epochs * steps_per_epoch),
+        loss=CrossEntropy(config.loss, model.ends_in_softmax),
+        preparer=BatchPreparer(normalization, device, execution.channels_last, augmenter),
+        augment_generator=augment_generator,
+        train_data=TensorSplit.of(splits.train, device),
+        validation_data=TensorSplit.of(splits.validation, device) if splits.validation is not None else None,
+        config=config, world=world, device=device,
+        autocast=_autocast(execution, device),
+        console=console,
+        metrics=MetricsLog(run_dir / METRICS) if world.is_main else None,
+        best=BestTracker.of(config),
+    )
+
+
+def _device(device_type: str, world: World) -> torch.device:
+    if device_type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+        return device
+    return torch.device("cpu")
+
+
+def _derived_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _seed_everything(seed: int, rank: int) -> None:
+    """Seed torch (dropout), numpy and Python; each process differently, every run the same."""
+    process_seed = _derived_seed(seed, rank)
+    torch.manual_seed(process_seed)
+    np.random.seed(process_seed % 2**32)
+    random.seed(process_seed)
+
+
+def _training_module(model: CnncModule, execution: Execution, world: World, device: torch.device) -> torch.nn.Module:
+    wrapped: torch.nn.Module = model
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if execution.compile:
+        wrapped = torch.compile(wrapped)
+    return wrapped
+
+
+def _autocast(execution: Execution, device: torch.device):
+    if execution.bf16:
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
