@@ -82,6 +82,7 @@ def export_checkpoint(
     output = Path(output)
     temporary = output.with_name(f".{output.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
+        output.parent.mkdir(parents=True, exist_ok=True)
         with open(temporary, "xb") as file:  # "x": never another file; the umask's permissions
             file.write(backend.serialize(model))
         session = _session(temporary)

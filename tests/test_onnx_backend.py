@@ -331,3 +331,11 @@ def test_weights_beyond_a_single_files_2_gib_are_refused_before_allocating():
     program = program_of("model m {\n input image(3, 40, 50)\n flatten -> dense(100000)\n}")  # 600M weights
     with pytest.raises(CnncError, match="2.24 GiB, more than a single ONNX file holds"):
         backend.to_onnx(program)
+
+
+def test_compile_creates_the_output_directory(tmp_path):
+    from cnnc.cli import main
+
+    target = tmp_path / "new" / "dir" / "xo.onnx"
+    assert main(["compile", str(ROOT / "specs" / "xo.cnn"), "-o", str(target)]) == 0
+    assert target.stat().st_size > 0

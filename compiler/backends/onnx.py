@@ -140,6 +140,7 @@ def save(model: onnx.ModelProto, path: str | os.PathLike) -> None:
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         temporary.write_bytes(serialize(model))
         os.replace(temporary, path)
     except OSError as error:
