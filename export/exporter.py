@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Callable, Mapping, Sequence
@@ -83,6 +84,9 @@ def export_checkpoint(
     temporary = output.with_name(f".{output.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CnncError(f"cannot write {output}: {error.strerror or error}") from None
+    try:
         with open(temporary, "xb") as file:  # "x": never another file; the umask's permissions
             file.write(backend.serialize(model))
         session = _session(temporary)
@@ -98,7 +102,8 @@ def export_checkpoint(
             raise ParityError(_failure_message(report), report)
         os.replace(temporary, output)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            Path(temporary).unlink(missing_ok=True)
         raise
     return ExportResult(output, report, output_kind(graph), opset, output.stat().st_size)
 

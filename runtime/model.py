@@ -11,7 +11,6 @@ can serve many threads at once.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, field
 from pathlib import Path
 

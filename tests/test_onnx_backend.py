@@ -310,7 +310,8 @@ def test_compile_cli_errors(tmp_path, capsys):
     assert main(["compile", spec, "-o", str(tmp_path / "m.onnx"), "--opset", "12"]) == 2
     assert main(["compile", spec, "-o", str(tmp_path / "m.onnx"), "--opset", "99"]) == 1
     assert "opset must be between 13 and" in capsys.readouterr().err
-    assert main(["compile", spec, "-o", str(tmp_path / "missing" / "m.onnx")]) == 1
+    (tmp_path / "a_file").write_text("not a directory")
+    assert main(["compile", spec, "-o", str(tmp_path / "a_file" / "m.onnx")]) == 1
     assert "cannot write" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
 

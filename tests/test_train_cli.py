@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -132,6 +133,23 @@ def test_json_mode_prints_one_object_per_event(tmp_path, capsys) -> None:
     assert [e["event"] for e in events] == ["note", "start", "epoch", "epoch", "test", "done"]
     assert events[1]["train_examples"] == 256 and events[1]["steps_per_epoch"] == 4
     assert events[-1]["test_examples"] == 64 and err == ""
+
+
+def test_an_npz_dataset_is_found_relative_to_the_spec(tmp_path, monkeypatch, capsys) -> None:
+    data = tmp_path / "specs" / "data"
+    data.mkdir(parents=True)
+    generator = np.random.default_rng(0)
+    images = generator.integers(0, 256, (40, 8, 8, 1), dtype=np.uint8)
+    np.savez(data / "tiny.npz", x=images, y=np.arange(40) % 3, classes=np.array(["a", "b", "c"]))
+    model = "conv(4, kernel=3, padding=same, activation=relu)\n global_avgpool\n dense(3)"
+    spec = tmp_path / "specs" / "tiny.cnn"
+    spec.write_text(f'model m {{\n input x(1, 8, 8)\n {model}\n}}\ntrain {{ dataset npz("data/tiny.npz"); epochs 1 }}\n')
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "specs/tiny.cnn", "--no-channels-last", "--quiet", "--out", "run"]) == 0
+    settings = json.loads((tmp_path / "run" / "settings.json").read_text())
+    assert settings["data"]["classes"] == ["a", "b", "c"] and settings["data"]["test_examples"] == 40
+    assert settings["execution"]["channels_last"] is False
+    assert "on 40 images" in capsys.readouterr().out
 
 
 def test_mnist_subset_with_a_softmax_model(tmp_path, capsys) -> None:

@@ -31,14 +31,16 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--limit-test", type=_positive_int, metavar="N", help="use only the first N test images")
     settings = train.add_argument_group("overriding the train section")
     settings.add_argument("--epochs", type=_positive_int, metavar="N")
-    settings.add_argument("--batch-size", type=_positive_int, metavar="N")
+    settings.add_argument("--batch-size", type=_positive_int, metavar="N", help="the global batch (under torchrun too)")
     settings.add_argument("--lr", type=_positive_float, metavar="RATE", help="the optimizer's learning rate")
-    settings.add_argument("--seed", type=_non_negative_int, metavar="N")
+    settings.add_argument("--seed", type=_non_negative_int, metavar="N",
+                          help="initial weights, batch order, validation split, dropout, augmentation")
     execution = train.add_argument_group("execution")
     execution.add_argument("--device", choices=DEVICES, default=None,
                            help="cuda, cpu, or auto: cuda when available (default: auto)")
     execution.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                           help="NHWC memory format (default: on; measured faster on CPU and CUDA)")
+                           help="NHWC memory format (default: on: up to 1.35x faster on CPU for most specs, "
+                                "see bench/RESULTS.md)")
     execution.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
     execution.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA only)")
     output = train.add_argument_group("output")

@@ -30,7 +30,7 @@ from cnnc.training.data import BatchPreparer, TensorSplit, batches, epoch_order,
 from cnnc.training.distributed import World, gather, max_over_processes, share_buffers, sum_over_processes
 from cnnc.training.losses import CrossEntropy, correct
 from cnnc.training.optim import LearningRateSchedule, set_learning_rate
-from cnnc.training.reporting import Console, MetricsLog, epoch_line
+from cnnc.training.reporting import Bar, Console, MetricsLog, epoch_line
 
 EVAL_BATCH_SIZE = 1000
 # Fault injection for the tests of resume and interruption: "SIGNAL:N" makes the process send
@@ -43,7 +43,7 @@ class Interrupted(Exception):
 
 
 class NonFiniteLoss(CnncError):
-    pass
+    """The loss became NaN or infinite: the run stops, its last checkpoint untouched."""
 
 
 # --- pieces of state -------------------------------------------------------------------------------
@@ -270,7 +270,7 @@ class Trainer:
         self.position = Position(epoch, 0, self.position.global_step)
         return record
 
-    def _steps(self, epoch: int, steps: list[Tensor], totals: EpochTotals, bar, started: float) -> None:
+    def _steps(self, epoch: int, steps: list[Tensor], totals: EpochTotals, bar: Bar, started: float) -> None:
         fault = _injected_fault()
         previous_loss: float | None = None
         for step in range(self.position.step_in_epoch, len(steps)):

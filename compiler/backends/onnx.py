@@ -16,6 +16,7 @@ bfloat16 specs are upcast exactly.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -144,7 +145,8 @@ def save(model: onnx.ModelProto, path: str | os.PathLike) -> None:
         temporary.write_bytes(serialize(model))
         os.replace(temporary, path)
     except OSError as error:
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
         raise CnncError(f"cannot write {path}: {error.strerror or error}") from None
 
 

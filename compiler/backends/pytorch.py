@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cnnc.compiler.arguments import Option
+from cnnc.compiler.backends.weights import initial_weights
 from cnnc.compiler.ir import Graph, Node
 from cnnc.errors import CnncError
 
@@ -44,8 +45,6 @@ WeightSource = Mapping[str, "np.ndarray | Tensor"]
 
 def build_module(graph: Graph, *, seed: int = 0, weights: WeightSource | None = None) -> CnncModule:
     """The graph as a CnncModule holding `weights` (default: `initial_weights(graph, seed)`)."""
-    from cnnc.compiler.backends.weights import initial_weights
-
     module = CnncModule(graph)
     load_weights(module, initial_weights(graph, seed) if weights is None else weights)
     return module
@@ -136,11 +135,26 @@ class _Window:
         return _Window(attrs["kernel"], attrs["stride"], attrs["pads"], attrs["ceil_mode"],
                        input_shape[1:], node.shape[1:])
 
-    @property
-    def native(self) -> bool:
-        """Whether torch's own pooling implements these pads: symmetric, at most half the kernel."""
+    def native(self, pads_counted: bool) -> tuple[tuple[int, int], bool] | None:
+        """(padding, ceil_mode) with which torch's own pooling computes exactly these windows, or None.
+
+        Torch pads symmetrically, at most half the kernel, and rounds the output up or down. When the
+        padding is not averaged (max pooling, or count_pad=false), only the windows' positions and
+        number matter, so torch may pad the end differently from the IR: with the same leading
+        padding and the same output size, every window reads the same input elements. That covers
+        TF 'same' padding whose extra row is at the end (e.g. 7 -> 4 with a 2x2 window)."""
         top, bottom, left, right = self.pads
-        return top == bottom and left == right and top <= self.kernel[0] // 2 and left <= self.kernel[1] // 2
+        if top > self.kernel[0] // 2 or left > self.kernel[1] // 2:
+            return None
+        if pads_counted:
+            symmetric = top == bottom and left == right
+            return ((top, left), self.ceil_mode) if symmetric else None
+        for ceil_mode in (False, True):
+            sizes = [_torch_pooled_size(size, k, s, before, ceil_mode)
+                     for size, k, s, before in zip(self.input_size, self.kernel, self.stride, (top, left))]
+            if tuple(sizes) == tuple(self.output_size):
+                return (top, left), ceil_mode
+        return None
 
     def full_pads(self) -> tuple[int, int, int, int]:
         """F.pad's (left, right, top, bottom) that let floor-mode pooling give the IR's output size:
@@ -152,15 +166,24 @@ class _Window:
         return left, right + extra[1], top, bottom + extra[0]
 
 
+def _torch_pooled_size(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool) -> int:
+    """Torch's pooling output size: the last window must start inside the input or the leading padding."""
+    span = size + 2 * padding - kernel
+    output = (-(-span // stride) if ceil_mode else span // stride) + 1
+    return output - 1 if ceil_mode and (output - 1) * stride >= size + padding else output
+
+
 class MaxPool(nn.Module):
     def __init__(self, window: _Window) -> None:
         super().__init__()
         self.window = window
+        self.native = window.native(pads_counted=False)
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.window
-        if w.native:
-            return F.max_pool2d(x, w.kernel, w.stride, (w.pads[0], w.pads[2]), ceil_mode=w.ceil_mode)
+        if self.native is not None:
+            padding, ceil_mode = self.native
+            return F.max_pool2d(x, w.kernel, w.stride, padding, ceil_mode=ceil_mode)
         return F.max_pool2d(F.pad(x, w.full_pads(), value=float("-inf")), w.kernel, w.stride)
 
     def extra_repr(self) -> str:
@@ -171,12 +194,13 @@ class AvgPool(nn.Module):
     def __init__(self, window: _Window, count_pad: bool) -> None:
         super().__init__()
         self.window, self.count_pad = window, count_pad
+        self.native = window.native(pads_counted=count_pad)
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.window
-        if w.native:
-            return F.avg_pool2d(x, w.kernel, w.stride, (w.pads[0], w.pads[2]), ceil_mode=w.ceil_mode,
-                                count_include_pad=self.count_pad)
+        if self.native is not None:
+            padding, ceil_mode = self.native
+            return F.avg_pool2d(x, w.kernel, w.stride, padding, ceil_mode=ceil_mode, count_include_pad=self.count_pad)
         # The mean over the counted elements: the zero-padded window sum divided by the pooled mask
         # that is one on every counted element (both averaged over the full kernel, which cancels).
         sums = F.avg_pool2d(F.pad(x, w.full_pads()), w.kernel, w.stride)
