@@ -198,9 +198,11 @@ class Foreign:
 
 
 @pytest.mark.parametrize("content,message", [
-    (b"", "cannot be read as a checkpoint (truncated or corrupt?)"),
-    (b"not a zip file at all", "cannot be read as a checkpoint (truncated or corrupt?)"),
-    ("truncated", "cannot be read as a checkpoint (truncated or corrupt?)"),
+    (b"", "cannot be read as a checkpoint: it is truncated, corrupt or not a PyTorch file"),
+    (b"not a zip file at all", "cannot be read as a checkpoint: it is truncated, corrupt or not a PyTorch file"),
+    (b"junk", "cannot be read as a checkpoint: it is truncated, corrupt or not a PyTorch file"),
+    (bytes(range(256)) * 8, "cannot be read as a checkpoint: it is truncated, corrupt or not a PyTorch file"),
+    ("truncated", "cannot be read as a checkpoint: it is truncated, corrupt or not a PyTorch file"),
     ({"state": torch.ones(1)}, "is not a cnnc checkpoint (it holds a dict with keys state)"),
     ([1, 2], "is not a cnnc checkpoint (it holds list)"),
     (Foreign(), "is not a cnnc checkpoint: it holds objects other than tensors and plain data"),

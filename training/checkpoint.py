@@ -31,7 +31,6 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,11 +140,14 @@ def _read(path: Path, map_location: str | torch.device) -> Any:
         if detail is not None:
             raise CnncError(f"{path} is not a cnnc checkpoint: it holds objects other than tensors and plain "
                             f"data ({detail})") from None
-        raise CnncError(f"{path} cannot be read as a checkpoint (truncated or corrupt?): "
-                        f"{str(error).splitlines()[0] if str(error) else 'unpickling failed'}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
-        raise CnncError(f"{path} cannot be read as a checkpoint (truncated or corrupt?): "
-                        f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+        raise _unreadable(path) from None
+    except Exception:  # noqa: BLE001 - torch.load fails on junk bytes in many ways (struct.error, IndexError, ...)
+        raise _unreadable(path) from None
+
+
+def _unreadable(path: Path) -> CnncError:
+    # torch's own message would suggest weights_only=False, which is unsafe for an untrusted file
+    return CnncError(f"{path} cannot be read as a checkpoint: it is truncated, corrupt or not a PyTorch file")
 
 
 def _umask() -> int:
