@@ -115,6 +115,8 @@ def _check_training_output(graph: Graph, train: TrainConfig | None, section: st.
         sink.add(error(WRONG_RANK, f"the model's output '{output.name}' is {'x'.join(map(str, output.shape))}, "
                                    "but training needs a flat vector of class scores", output.span,
                        "end the model with flatten and dense, or global_avgpool"))
+    if train is not None and train.normalize is not None:
+        _check_normalize(graph, train, section, sink)
     if train is None or not train.loss.get("from_logits", False):
         return
     softmax_at = _final_softmax(graph)
@@ -128,6 +130,17 @@ def _check_training_output(graph: Graph, train: TrainConfig | None, section: st.
             "remove the softmax (cnnc export can add one for deployment), "
             "or write `loss cross_entropy(from_logits=false)`",
         ))
+
+
+def _check_normalize(graph: Graph, train: TrainConfig, section: st.Train, sink: DiagnosticSink) -> None:
+    channels = graph.input.shape[0]
+    span = next(s.span for s in section.settings if s.key == "normalize")
+    for key in ("mean", "std"):
+        values = train.normalize[key]
+        if len(values) not in (1, channels):
+            sink.add(error("E030", f"normalize {key} has {len(values)} values, but the input has {channels} "
+                                   f"channel{'s' if channels > 1 else ''}", span,
+                           f"give one value for every channel, or one for all; Received: {key}={values}"))
 
 
 def _final_softmax(graph: Graph):

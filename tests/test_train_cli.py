@@ -296,7 +296,7 @@ BAD_INPUT = [
     ("model m {\n input x(3, 32, 32)\n flatten\n dense(2)\n}\ntrain { dataset xo }\n", [],
      "model 'm' takes 3x32x32 images, but xo has 1x28x28 images"),
     (xo_variant("flatten\n dense(2)", "dataset xo\n normalize(mean=(0.1, 0.2), std=0.3)"), [],
-     "normalize: mean has 2 values, but the images have 1 channels: give one value or one per channel"),
+     "normalize mean has 2 values, but the input has 1 channel"),
     (xo_variant("flatten\n dense(2)"), ["--dataset", "mnits"], "unknown dataset 'mnits'"),
     (xo_variant("flatten\n dense(2)"), ["--dataset", "folder"], "the folder dataset needs a path: give --data PATH"),
     (xo_variant("flatten\n dense(10)"), ["--dataset", "mnist", "--data", "NOWHERE"], "NOWHERE"),
