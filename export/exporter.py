@@ -14,9 +14,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from cnnc.errors import CnncError
+from cnnc.files import replacing
 from cnnc.export.parity import DEFAULT_BATCH_SIZES, DEFAULT_TOLERANCE, ParityReport, first_divergence, run_gate
 
 Tamper = Callable[[Any], None]  # a test hook: changes each onnx.ModelProto before it is used
@@ -81,12 +80,7 @@ def export_checkpoint(
     module = _torch_module(graph, checkpoint.model_state)
 
     output = Path(output)
-    temporary = output.with_name(f".{output.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise CnncError(f"cannot write {output}: {error.strerror or error}") from None
-    try:
+    with replacing(output) as temporary:
         with open(temporary, "xb") as file:  # "x": never another file; the umask's permissions
             file.write(backend.serialize(model))
         session = _session(temporary)
@@ -100,11 +94,6 @@ def export_checkpoint(
         if not report.passed:
             report = _diagnose(report, program, graph, weights, module, failing, opset, outputs, tamper)
             raise ParityError(_failure_message(report), report)
-        os.replace(temporary, output)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            Path(temporary).unlink(missing_ok=True)
-        raise
     return ExportResult(output, report, output_kind(graph), opset, output.stat().st_size)
 
 

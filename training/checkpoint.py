@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import Any
 import torch
 
 from cnnc.errors import CnncError
+from cnnc.files import replacing
 
 FORMAT = "cnnc-checkpoint"
 FORMAT_VERSION = 1
@@ -150,23 +150,10 @@ def _unreadable(path: Path) -> CnncError:
     return CnncError(f"{path} cannot be read as a checkpoint: it is truncated, corrupt or not a PyTorch file")
 
 
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
-
-
 def save_checkpoint(contents: Mapping[str, Any], path: Path) -> None:
-    """Write atomically: a reader (or a crash) sees the old file or the new one, never half of one."""
+    """Write atomically (see cnnc.files.replacing), flushed to disk before it replaces the old one."""
     payload = {"format": FORMAT, "version": FORMAT_VERSION, **contents}
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; a checkpoint is an ordinary file
-        with os.fdopen(descriptor, "wb") as file:
-            torch.save(payload, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with replacing(path) as temporary, open(temporary, "xb") as file:
+        torch.save(payload, file)
+        file.flush()
+        os.fsync(file.fileno())

@@ -76,15 +76,11 @@ class Normalization:
     std: tuple[float, ...] = (1.0,)
 
     @staticmethod
-    def of(config: TrainConfig, channels: int) -> Normalization:
+    def of(config: TrainConfig) -> Normalization:
         if config.normalize is None:
             return Normalization()
-        mean, std = tuple(config.normalize["mean"]), tuple(config.normalize["std"])
-        for what, values in (("mean", mean), ("std", std)):
-            if len(values) not in (1, channels):
-                raise CnncError(f"normalize: {what} has {len(values)} values, but the images have {channels} "
-                                "channels: give one value or one per channel")
-        return Normalization(mean, std)
+        # the checker has made sure that each has one value or one per channel
+        return Normalization(tuple(config.normalize["mean"]), tuple(config.normalize["std"]))
 
     def to_json(self) -> dict[str, object]:
         """As the runtime's preprocessing metadata reads it."""

@@ -209,7 +209,7 @@ class Session:
         device = _device(execution.device, world)
         _seed_everything(config.seed, world.rank)
         splits = load_splits(config, overrides, Path(spec_path).parent, graph, progress=console.mode == "text")
-        normalization = Normalization.of(config, graph.input.shape[0])
+        normalization = Normalization.of(config)
         model = build_module(graph, seed=config.seed, weights=checkpoint.model_state if checkpoint else None)
         model.to(device, memory_format=torch.channels_last if execution.channels_last else torch.preserve_format)
         trainer = _build_trainer(model, config, execution, world, device, splits, normalization, console, run_dir)

@@ -16,7 +16,6 @@ bfloat16 specs are upcast exactly.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -35,6 +34,7 @@ from cnnc.compiler.arguments import Option
 from cnnc.compiler.backends.onnx_outputs import output_kind, with_outputs
 from cnnc.compiler.ir import Graph, Node, Program
 from cnnc.errors import CnncError
+from cnnc.files import replacing
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 13
@@ -137,17 +137,9 @@ def serialize(model: onnx.ModelProto) -> bytes:
 
 
 def save(model: onnx.ModelProto, path: str | os.PathLike) -> None:
-    """Write the model: to a temporary file beside `path`, then renamed over it."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the model atomically (see cnnc.files.replacing)."""
+    with replacing(path) as temporary:
         temporary.write_bytes(serialize(model))
-        os.replace(temporary, path)
-    except OSError as error:
-        with contextlib.suppress(OSError):
-            temporary.unlink(missing_ok=True)
-        raise CnncError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 def metadata_props(
