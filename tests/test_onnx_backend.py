@@ -12,11 +12,11 @@ import onnx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_onnx_support import ROOT, SPECS, inferred_shapes, program_of, run_ort, spec_program, spec_texts
 
 from cnnc.compiler.backends import onnx as backend
-from cnnc.compiler.backends.onnx_outputs import final_softmax, with_outputs
 from cnnc.compiler.backends.weights import parameter_shapes
-from test_onnx_support import ROOT, SPECS, inferred_shapes, program_of, run_ort, spec_program, spec_texts
+from cnnc.compiler.passes import final_softmax, with_outputs
 
 # Op types a cnnc graph may contain; notably no Transpose, Shape, Gather, Reshape, Cast or Constant.
 ALLOWED_OPS = {
