@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from cnnc.constants import DEFAULT_OPSET, MIN_OPSET
 
@@ -93,23 +92,34 @@ def run_summary(args: argparse.Namespace) -> int:
 def run_compile(args: argparse.Namespace) -> int:
     from cnnc.compiler.check import load_program
     from cnnc.errors import UsageError
+    from cnnc.files import STDOUT, check_writable, replacing
 
+    output = args.output or (STDOUT if args.emit == "ir" else None)
+    if output is None:
+        raise UsageError("compiling to ONNX needs -o FILE (or -o - for standard output)")
+    if args.emit == "onnx":
+        check_opset(args.opset)
+    check_writable(output, binary=args.emit == "onnx")
     program = load_program(args.spec, args.max_params)
     if args.emit == "ir":
         from cnnc.compiler import ir_text
 
-        text = ir_text.to_text(program.graph)
-        if args.output:
-            Path(args.output).write_text(text)
-        else:
-            print(text, end="")
+        with replacing(output) as temporary:
+            temporary.write_text(ir_text.to_text(program.graph))
         return 0
-    if not args.output:
-        raise UsageError("compiling to ONNX needs -o FILE")
-    if args.opset < MIN_OPSET:
-        raise UsageError(f"--opset must be {MIN_OPSET} or newer, got {args.opset}")
     from cnnc.compiler.backends.onnx import compile_to_file
 
-    compile_to_file(program, args.output, opset=args.opset, outputs=args.outputs, seed=args.seed)
-    print(f"wrote {args.output}", file=sys.stderr)
+    compile_to_file(program, output, opset=args.opset, outputs=args.outputs, seed=args.seed)
+    if output != STDOUT:
+        print(f"wrote {output}", file=sys.stderr)
     return 0
+
+
+def check_opset(opset: int) -> None:
+    """A usage error (exit 2) for an opset outside what cnnc emits and the installed onnx knows."""
+    from cnnc.compiler.backends.onnx import max_opset
+    from cnnc.errors import UsageError
+
+    if not MIN_OPSET <= opset <= max_opset():
+        raise UsageError(f"--opset must be between {MIN_OPSET} and {max_opset()} (the installed onnx's newest), "
+                         f"got {opset}")
