@@ -322,7 +322,6 @@ def test_input_errors_exit_1_with_a_message(text: str, flags: list[str], message
 
 
 @pytest.mark.parametrize("setup,message", [
-    ("nothing", "no checkpoint or run directory at RUN"),
     ("empty", "RUN is not a cnnc run directory: it has no last.pt"),
     ("corrupt", "RUN/last.pt cannot be read as a checkpoint: it is truncated, corrupt or not a PyTorch file"),
     ("foreign", "RUN/last.pt is not a cnnc checkpoint (it holds a dict with keys weights)"),

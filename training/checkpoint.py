@@ -152,9 +152,25 @@ def _unreadable(path: Path) -> CnncError:
 
 
 def save_checkpoint(contents: Mapping[str, Any], path: Path) -> None:
-    """Write atomically (see cnnc.files.replacing), flushed to disk before it replaces the old one."""
+    """Write atomically (see cnnc.files.replacing), flushed to disk before it replaces the old one.
+    The run directory must exist: one deleted mid-run is reported, not silently made again. A full
+    disk, a read-only filesystem or a vanished directory is a CnncError; the previous file is kept."""
     payload = {"format": FORMAT, "version": FORMAT_VERSION, **contents}
-    with replacing(path) as temporary, open(temporary, "xb") as file:
-        torch.save(payload, file)
-        file.flush()
-        os.fsync(file.fileno())
+    kept = f"; the previous {path.name} is unchanged" if path.exists() else ""
+    try:
+        with replacing(path, create_parents=False) as temporary, open(temporary, "xb") as file:
+            torch.save(payload, file)
+            file.flush()
+            os.fsync(file.fileno())
+    except CnncError as error:
+        raise CnncError(f"{error}{kept}") from None
+    except RuntimeError as error:
+        # torch reports a failed write (ENOSPC, EIO) as a RuntimeError from its zip writer
+        raise CnncError(f"cannot write {path}: {_write_failure(error)}{kept}") from None
+
+
+def _write_failure(error: RuntimeError) -> str:
+    text = str(error)
+    if "file write failed" in text or "No space" in text:
+        return "the write failed (is the disk full?)"
+    return text.splitlines()[0] if text else type(error).__name__

@@ -20,6 +20,7 @@ import math
 import os
 import platform
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -37,13 +38,23 @@ from cnnc.compiler.ir import Program
 from cnnc.compiler.passes import final_softmax, with_outputs
 from cnnc.compiler.train_config import TrainConfig
 from cnnc.errors import CnncError, UsageError
+from cnnc.files import check_writable, remove_stale_temporaries
 from cnnc.training.augment import Augmenter
 from cnnc.training.checkpoint import BEST, LAST, Checkpoint, load_checkpoint, save_checkpoint
 from cnnc.training.data import BatchPreparer, Normalization, Splits, TensorSplit, load_splits
 from cnnc.training.distributed import World, gather, join_world, leave_world
 from cnnc.training.losses import CrossEntropy
 from cnnc.training.optim import LearningRateSchedule, build_optimizer
-from cnnc.training.reporting import CURVES, METRICS, Console, MetricsLog, write_confusion_matrix, write_curves
+from cnnc.training.reporting import (
+    CONFUSION_JSON,
+    CONFUSION_PNG,
+    CURVES,
+    METRICS,
+    Console,
+    MetricsLog,
+    write_confusion_matrix,
+    write_curves,
+)
 from cnnc.training.settings import Overrides, config_to_json, effective_config
 from cnnc.training.trainer import BestTracker, Interrupted, Trainer
 
@@ -118,6 +129,8 @@ def resolve_device(choice: str) -> tuple[str, str | None]:
 def _start(request: TrainRequest, device_type: str, world: World, console: Console) -> Session:
     assert request.spec is not None
     spec = request.spec
+    if world.is_main:  # before the spec and the data are read: an unwritable place fails at once
+        check_writable(Path(request.out or "runs") / LAST)
     program = _check_spec(spec, world)
     if program.train is None:
         raise CnncError(f"{spec} has no train section: add one (for example `train {{ dataset mnist }}`)")
@@ -136,6 +149,14 @@ def _resume(request: TrainRequest, device_type: str, world: World, console: Cons
     """The session that continues the run (None when it has already finished)."""
     assert request.resume is not None
     run_dir = Path(request.resume)
+    if not run_dir.exists():
+        raise UsageError(f"no such run directory or checkpoint: {run_dir}")
+    if _never_checkpointed(run_dir):
+        raise CnncError(f"{run_dir} stopped before its first checkpoint, so there is nothing to resume; start it "
+                        f"again with: cnnc train {_stored_spec(run_dir)} --out {run_dir} (that reuses the directory)")
+    if world.is_main:
+        remove_stale_temporaries(run_dir)
+        check_writable(run_dir / LAST)
     checkpoint = load_checkpoint(run_dir)
     if checkpoint.training is None:
         raise CnncError(f"{checkpoint.path} holds no training state to resume from")
@@ -166,10 +187,13 @@ def _check_spec(spec: str, world: World) -> Program:
 
 
 def _new_run_dir(out: str | None, model_name: str) -> Path:
-    """The new run's directory (created later, when the run is known to start)."""
+    """The new run's directory (created later, when the run is known to start). An --out directory
+    left by a run stopped before its first checkpoint is emptied and reused."""
     if out is not None:
         run_dir = Path(out)
-        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        if _never_checkpointed(run_dir):
+            _clear_unstarted_run(run_dir)
+        elif run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
             raise UsageError(f"--out {out} already exists and is not an empty directory: "
                              f"continue that run with --resume {out}, or choose another --out")
     else:
@@ -179,6 +203,36 @@ def _new_run_dir(out: str | None, model_name: str) -> Path:
             suffix += 1
             run_dir = stem.with_name(f"{stem.name}-{suffix}")
     return run_dir
+
+
+# What a run writes before its first checkpoint, and may be removed to restart it.
+_UNSTARTED_FILES = ("spec", SETTINGS, METRICS, CURVES, CONFUSION_JSON, CONFUSION_PNG)
+
+
+def _never_checkpointed(run_dir: Path) -> bool:
+    """A run directory whose run was stopped (killed) before it wrote a checkpoint: only the files
+    written at the start, and the temporary files of a killed writer."""
+    if not (run_dir / SETTINGS).is_file() or (run_dir / LAST).exists() or (run_dir / BEST).exists():
+        return False
+    return all(entry.name in _UNSTARTED_FILES or entry.name.endswith(".tmp") for entry in run_dir.iterdir())
+
+
+def _clear_unstarted_run(run_dir: Path) -> None:
+    try:
+        for entry in run_dir.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    except OSError as error:
+        raise CnncError(f"cannot reuse {run_dir}: {error.strerror or error}") from None
+
+
+def _stored_spec(run_dir: Path) -> str:
+    try:
+        return str(json.loads((run_dir / SETTINGS).read_text())["spec"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "SPEC"
 
 
 def _shared(world: World, make):
@@ -267,6 +321,11 @@ class Session:
         self._announce()
         try:
             outcome = self.trainer.fit()
+            return self._finish(outcome)
+        except OSError as error:  # the run directory deleted, its filesystem full or remounted read-only
+            kept = f"; the last good checkpoint is {self.run_dir / LAST}" if (self.run_dir / LAST).exists() else ""
+            raise CnncError(f"cannot write to the run directory {self.run_dir}: "
+                            f"{error.strerror or error}{kept}") from None
         except Interrupted:
             position = self.trainer.position
             self.console.final(
@@ -274,7 +333,6 @@ class Session:
                 f"{self.run_dir / LAST}; continue with: cnnc train --resume {self.run_dir}",
                 run_dir=str(self.run_dir), interrupted=True, epoch=position.epoch + 1, step=position.step_in_epoch)
             return EXIT_INTERRUPTED
-        return self._finish(outcome)
 
     def _announce(self) -> None:
         graph, config, splits = self.program.graph, self.config, self.splits
