@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +114,9 @@ def load_checkpoint(path_or_run_dir: str | os.PathLike, which: str = LAST, *,
     missing = [key for key in _REQUIRED if key not in raw]
     if missing:
         raise CnncError(f"{path} is an incomplete cnnc checkpoint: it lacks {', '.join(missing)}")
+    problem = _shape_problem(raw)
+    if problem is not None:
+        raise CnncError(f"{path} is a damaged cnnc checkpoint: {problem}")
     return Checkpoint(
         path=path,
         model_state=dict(raw["model"]),
@@ -132,7 +137,58 @@ def load_checkpoint(path_or_run_dir: str | os.PathLike, which: str = LAST, *,
     )
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _all(values: Any, test) -> bool:
+    return isinstance(values, (list, tuple)) and all(test(value) for value in values)
+
+
+# Each field's expected form (what save_checkpoint writes), as a test and a description for messages.
+_FIELDS: dict[str, tuple[Any, str]] = {
+    "model": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(t, torch.Tensor)
+                                                    for k, t in v.items()), "a dict of named tensors"),
+    "model_name": (lambda v: isinstance(v, str), "a string"),
+    "spec_path": (lambda v: isinstance(v, str) and v != "", "a path"),
+    "sources": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(t, str)
+                                                      for k, t in v.items()), "a dict of path: text"),
+    "classes": (lambda v: _all(v, lambda c: isinstance(c, str)), "a list of class names"),
+    "input_shape": (lambda v: _all(v, lambda d: _is_int(d) and d > 0) and len(v) == 3, "[C, H, W]"),
+    "preprocess": (lambda v: isinstance(v, dict) and _is_number(v.get("scale")) and _all(v.get("mean"), _is_number)
+                   and _all(v.get("std"), _is_number), '{"scale", "mean", "std"}'),
+    "settings": (lambda v: isinstance(v, dict), "a dict"),
+    "epoch": (lambda v: _is_int(v) and v >= 0, "a count of epochs"),
+    "step_in_epoch": (lambda v: _is_int(v) and v >= 0, "a count of steps"),
+    "finished": (lambda v: isinstance(v, bool), "true or false"),
+    "dataset": (lambda v: isinstance(v, str), "a string"),
+    "test_accuracy": (lambda v: v is None or _is_number(v), "a number or None"),
+    "test_loss": (lambda v: v is None or _is_number(v), "a number or None"),
+    "training": (lambda v: v is None or (isinstance(v, dict) and set(_TRAINING) <= set(v)),
+                 f"None or a dict with {', '.join(('optimizer', 'position', '...'))}"),
+}
+_TRAINING = ("optimizer", "schedule", "position", "best", "history", "world_size", "processes")
+
+
+def _shape_problem(raw: dict) -> str | None:
+    """What is wrong with a checkpoint's fields (None when each has the form cnnc writes)."""
+    for key, (test, expected) in _FIELDS.items():
+        if key in raw and not test(raw[key]):
+            return f"its {key!r} should be {expected}, but it holds {_describe(raw[key])}"
+    return None
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
+
+
 def _read(path: Path, map_location: str | torch.device) -> Any:
+    _verify_integrity(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
@@ -144,6 +200,19 @@ def _read(path: Path, map_location: str | torch.device) -> Any:
         raise _unreadable(path) from None
     except Exception:  # noqa: BLE001 - torch.load fails on junk bytes in many ways (struct.error, IndexError, ...)
         raise _unreadable(path) from None
+
+
+def _verify_integrity(path: Path) -> None:
+    """torch.load does not check the CRC-32 that its zip format stores for every record, so a flipped
+    bit inside a tensor would load as a different weight: check them all first."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, zlib.error):
+        raise _unreadable(path) from None
+    if damaged is not None:
+        raise CnncError(f"{path} is corrupt: its record {damaged} fails its CRC-32 check (the file changed after "
+                        "it was written); use another checkpoint, such as best.pt, or train again")
 
 
 def _unreadable(path: Path) -> CnncError:

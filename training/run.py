@@ -308,7 +308,11 @@ class Session:
         stored = checkpoint.settings
         self.settings = {**stored, "execution": self.execution.to_json(),
                          "resumed": [*stored.get("resumed", []), " ".join(sys.argv)]}
-        self.trainer.resume_from(checkpoint.training)
+        try:
+            self.trainer.resume_from(checkpoint.training)
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as error:
+            raise CnncError(f"{checkpoint.path} is a damaged cnnc checkpoint: its training state cannot be "
+                            f"restored ({type(error).__name__}: {str(error)[:200]})") from None
         best = self.run_dir / BEST
         if self.trainer.best.best_epoch and best.exists():
             self.trainer.best_state = load_checkpoint(best).model_state
