@@ -14,9 +14,9 @@ Datasets (`DATASETS` describes each):
 Where the standard datasets are read from:
     - `data_dir` when given: the dataset's own directory, or a data root holding the dataset's
       folder (mnist/, fashion-mnist/, cifar-10/);
-    - otherwise DATA_ROOT/<folder>, where DATA_ROOT is $CNNC_DATA if set, else ../shared/data
-      relative to the current working directory (it is read at each call; DEFAULT_DATA_ROOT is
-      its value when this module was imported).
+    - otherwise DATA_ROOT/<folder>, where DATA_ROOT is $CNNC_DATA if set, else the per-user cache
+      $XDG_CACHE_HOME/cnnc or ~/.cache/cnnc (it is read at each call; DEFAULT_DATA_ROOT is its
+      value when this module was imported).
 Files may be stored gzip-compressed (NAME.gz) or not; they are verified against the checksums of
 the canonical files (cnnc.datasets.registry). MNIST and Fashion-MNIST are the four IDX files
 (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte,
@@ -24,7 +24,8 @@ t10k-labels-idx1-ubyte); CIFAR-10 is the binary version's data_batch_1.bin ... d
 and test_batch.bin.
 
 With download=True, missing files are fetched from the canonical source, or from the mirror
-given by `mirror` or $CNNC_DATASET_MIRROR (laid out as MIRROR/<folder>/<file>).
+given by `mirror` or $CNNC_DATASET_MIRROR (laid out as MIRROR/<folder>/<file>), verified against
+their checksums. `cnnc train` downloads on first use (unless --no-download).
 """
 
 from __future__ import annotations
@@ -55,11 +56,13 @@ def load_dataset(
     progress: bool = True,
     seed: int = 0,
     mirror: str | None = None,
+    download_hint: str | None = None,
 ) -> Dataset:
     """Load the `split` ("train" or "test") of the dataset `name`.
 
     `path` (or `data_dir`) names the folder or file of the `folder` and `npz` datasets. `download`
     fetches missing standard files (with a progress bar if `progress`), from `mirror` if given.
+    `download_hint` says, in a missing-files message, how the caller's user asks for a download.
     `seed` picks the glyphs of `xo`. Raises CnncError, with a message for the user, when the
     data is missing or malformed.
     """
@@ -67,7 +70,8 @@ def load_dataset(
         raise CnncError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
     if name in STANDARD_DATASETS:
         return load_standard(
-            STANDARD_DATASETS[name], split, data_dir, download=download, progress=progress, mirror=mirror
+            STANDARD_DATASETS[name], split, data_dir, download=download, progress=progress, mirror=mirror,
+            **({"download_hint": download_hint} if download_hint else {}),
         )
     if name == "xo":
         return generate_xo(split, seed)

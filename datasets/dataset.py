@@ -21,6 +21,7 @@ class Dataset:
     images: np.ndarray  # uint8, (N, C, H, W), C-contiguous
     labels: np.ndarray  # int64, (N,), each in [0, len(classes))
     classes: tuple[str, ...]
+    note: str | None = None  # what the user should know about where the split came from
 
     def __post_init__(self) -> None:
         # A loader that breaks these would hand training a silently wrong tensor, so fail here.
@@ -52,11 +53,12 @@ class Dataset:
             raise CnncError(
                 f"cannot take the first {n} examples of {self.name} {self.split}: the limit must be 0 or more"
             )
-        return Dataset(self.name, self.split, self.images[:n], self.labels[:n], self.classes)
+        return Dataset(self.name, self.split, self.images[:n], self.labels[:n], self.classes, self.note)
 
     def select(self, indices: np.ndarray, split: str) -> Dataset:
         """The examples at `indices`, in that order, as a split named `split`."""
-        return Dataset(self.name, split, np.ascontiguousarray(self.images[indices]), self.labels[indices], self.classes)
+        return Dataset(self.name, split, np.ascontiguousarray(self.images[indices]), self.labels[indices], self.classes,
+                       self.note)
 
 
 def split_validation(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset | None]:

@@ -162,6 +162,11 @@ class _NoProgressBar:
 
 @contextmanager
 def _progress_bar(total: int | None, description: str, enabled: bool) -> Iterator[_ProgressBar]:
+    """A tqdm bar on a terminal; elsewhere (a log file) one line, so that the log holds no bar updates."""
+    if enabled and not sys.stderr.isatty():
+        size = f" ({total / 2**20:,.1f} MiB)" if total else ""
+        print(f"downloading {description}{size}", file=sys.stderr, flush=True)
+        enabled = False
     if enabled:
         try:
             from tqdm import tqdm  # optional: the torch-free runtime installs without it

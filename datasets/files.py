@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,8 @@ from typing import NamedTuple
 from cnnc.errors import CnncError
 
 GZIP_SUFFIX = ".gz"
-_REPLACE_ADVICE = "The file is corrupt or not the canonical one: delete it and fetch it again (--download)."
+_REPLACE_ADVICE = ("The file is corrupt or not the canonical one: delete it and fetch it again "
+                   "(cnnc train fetches missing files).")
 
 
 @dataclass(frozen=True)
@@ -66,26 +68,44 @@ def read_data_file(path: Path, spec: DataFile, dataset: str) -> tuple[RawFile, s
     parses the content before reporting a mismatch, so that a truncated or foreign file is
     described by what is wrong with it rather than by a bare checksum mismatch.
     """
-    stored = read_bytes(path)
-    raw = RawFile(path, gunzip(path, stored) if path.name.endswith(GZIP_SUFFIX) else stored)
+    compressed = path.name.endswith(GZIP_SUFFIX)
+    # Neither the file nor what it inflates to may outgrow the canonical file (by more than a little,
+    # left for the parser to describe): a huge file or a decompression bomb never fills memory.
+    limit = spec.raw_size + SLACK
+    stored = read_bytes(path, limit=limit, spec=spec)
+    raw = RawFile(path, gunzip(path, stored, limit=limit) if compressed else stored)
     return raw, checksum_problem(raw, stored, spec, dataset)
 
 
-def read_bytes(path: Path) -> bytes:
+# A gzip file of incompressible data is a little larger than that data (a header, per-block overhead).
+SLACK = 1 << 16
+
+
+def read_bytes(path: Path, limit: int | None = None, spec: DataFile | None = None) -> bytes:
     try:
+        size = path.stat().st_size
+        if limit is not None and size > limit:
+            what = f"the canonical {spec.name} holds {spec.raw_size}" if spec else f"at most {limit} are expected"
+            raise CnncError(f"{path} is {size:,} bytes, too large to be that file ({what}). {_REPLACE_ADVICE}")
         return path.read_bytes()
     except OSError as error:
         raise CnncError(f"cannot read {path}: {error.strerror or error}") from None
 
 
-def gunzip(path: Path, compressed: bytes) -> bytes:
+def gunzip(path: Path, compressed: bytes, limit: int) -> bytes:
+    """The decompressed content, read no further than `limit` + 1 bytes."""
     try:
-        return gzip.decompress(compressed)
+        with gzip.GzipFile(fileobj=io.BytesIO(compressed)) as stream:
+            data = stream.read(limit + 1)
     except (EOFError, zlib.error, gzip.BadGzipFile) as error:
         raise CnncError(
             f"{path} is not a complete gzip file ({error}); it is probably truncated or corrupt: "
             "delete it and download it again"
         ) from None
+    if len(data) > limit:
+        raise CnncError(f"{path} decompresses to more than the {limit:,} bytes of the file it should hold; "
+                        f"decompression stopped there. {_REPLACE_ADVICE}")
+    return data
 
 
 def checksum_problem(raw: RawFile, stored: bytes, spec: DataFile, dataset: str) -> str | None:

@@ -1,7 +1,12 @@
 """Your own images, one subfolder per class.
 
-    ROOT/cat/001.png, ROOT/dog/002.jpg, ...                      the same images for either split
+    ROOT/cat/001.png, ROOT/dog/002.jpg, ...                      one folder: a test split is held out
     ROOT/train/cat/001.png, ..., ROOT/test/cat/101.png, ...      ROOT/<split> for each split
+
+Without train/ and test/, TEST_FRACTION of each class's images (at least one where a class has two
+or more) is held out as the test split, chosen by a fixed seed (HOLDOUT_SEED) so that training and
+`cnnc eval` agree on it; the rest is the train split. Testing on the training images would report
+training accuracy as test accuracy. The Dataset's `note` says so.
 
 The class names are the subfolder names, sorted; with train/ and test/ both must hold the same
 classes. PNG and JPEG files (.png, .jpg, .jpeg, any case) are read; other files are ignored.
@@ -23,6 +28,8 @@ from cnnc.errors import CnncError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 GREYSCALE_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
 SPLIT_FOLDERS = ("train", "test")
+TEST_FRACTION = 0.2
+HOLDOUT_SEED = 0
 
 
 def load_folder(root: Path, split: str) -> Dataset:
@@ -31,15 +38,32 @@ def load_folder(root: Path, split: str) -> Dataset:
     if split_root != root:
         _check_same_classes(split_root, root / _other_split(split), classes)
     files, labels = [], []
+    held_out = 0
     for label, folder in enumerate(classes):
         images = sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
         if not images:
             raise CnncError(f"the class folder {folder} holds no .png/.jpg/.jpeg images")
+        if split_root == root:
+            test = _held_out(len(images), label)
+            held_out += len(test)
+            images = [image for index, image in enumerate(images) if (index in test) == (split == "test")]
         files += images
         labels += [label] * len(images)
-    return Dataset(
-        "folder", split, _read_images(files), np.array(labels, dtype=np.int64), tuple(folder.name for folder in classes)
-    )
+    note = None
+    if split_root == root:
+        note = (f"{root} has no train/ and test/ folders: {held_out} of its images ({TEST_FRACTION:.0%} of each "
+                f"class, seed {HOLDOUT_SEED}) are held out as the test split and never trained on")
+        if not files:
+            raise CnncError(f"{root} has too few images to hold out a test split: give each class at least two")
+    names = tuple(folder.name for folder in classes)
+    return Dataset("folder", split, _read_images(files), np.array(labels, dtype=np.int64), names, note)
+
+
+def _held_out(count: int, label: int) -> set[int]:
+    """The indices (in sorted order) of a class's images that form the test split."""
+    size = max(1, round(count * TEST_FRACTION)) if count >= 2 else 0
+    order = np.random.default_rng([HOLDOUT_SEED, label]).permutation(count)
+    return {int(index) for index in order[:size]}
 
 
 def _split_root(root: Path, split: str) -> Path:

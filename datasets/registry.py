@@ -15,13 +15,16 @@ from cnnc.datasets.files import Checksum, DataFile, RawFile
 from cnnc.datasets.idx import decode_idx_split
 
 DATA_ROOT_ENV = "CNNC_DATA"
-FALLBACK_DATA_ROOT = Path("../shared/data")
 SPLITS = ("train", "test")
 
 
 def default_data_root() -> Path:
-    """$CNNC_DATA if set, else ../shared/data (relative to the working directory, as given)."""
-    return Path(os.environ.get(DATA_ROOT_ENV) or FALLBACK_DATA_ROOT)
+    """$CNNC_DATA if set, else the per-user cache: $XDG_CACHE_HOME/cnnc, or ~/.cache/cnnc (as Keras and
+    torchvision keep theirs), the same wherever the command runs."""
+    if os.environ.get(DATA_ROOT_ENV):
+        return Path(os.environ[DATA_ROOT_ENV]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache).expanduser() / "cnnc"
 
 
 @dataclass(frozen=True)

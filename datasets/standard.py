@@ -11,6 +11,9 @@ from cnnc.datasets.files import DataFile, locate, read_data_file
 from cnnc.datasets.registry import DATA_ROOT_ENV, StandardDataset
 from cnnc.errors import CnncError
 
+# How a caller that did not ask for a download can get one; each command says it with its own flags.
+DOWNLOAD_HINT = "pass download=True"
+
 
 def load_standard(
     dataset: StandardDataset,
@@ -20,12 +23,13 @@ def load_standard(
     download: bool,
     progress: bool,
     mirror: str | None,
+    download_hint: str = DOWNLOAD_HINT,
 ) -> Dataset:
     directory = resolve_directory(dataset, data_dir)
     specs = dataset.files[split]
     missing = [spec for spec in specs if locate(directory, spec) is None]
     if missing and not download:
-        raise CnncError(missing_files_message(dataset, split, directory, missing, mirror))
+        raise CnncError(missing_files_message(dataset, split, directory, missing, mirror, download_hint))
     if missing:
         try:
             download_files(dataset, missing, directory, progress=progress, mirror=mirror)
@@ -57,12 +61,13 @@ def resolve_directory(dataset: StandardDataset, data_dir: str | Path | None) -> 
 
 
 def missing_files_message(
-    dataset: StandardDataset, split: str, directory: Path, missing: Sequence[DataFile], mirror: str | None
+    dataset: StandardDataset, split: str, directory: Path, missing: Sequence[DataFile], mirror: str | None,
+    download_hint: str = DOWNLOAD_HINT,
 ) -> str:
     source = source_url(dataset, mirror) + (dataset.archive.name if dataset.archive else "")
     return (
         f"{_where_to_put(dataset, split, directory, missing)}\n"
-        f"Or pass --download (download=True) to fetch them from {source}, "
+        f"Or {download_hint} to fetch them from {source} (checksummed), "
         f"or set {DATA_ROOT_ENV} to a data root whose {dataset.folder}/ folder holds them."
     )
 

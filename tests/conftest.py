@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -20,3 +21,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture
 def update_goldens(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--update-goldens"))
+
+
+# The tests read the shared data through the documented variable (never a path baked into the product),
+# and subprocesses inherit it.
+os.environ.setdefault("CNNC_DATA", str(SHARED_DATA))

@@ -90,12 +90,27 @@ def test_mnist_train_split_is_the_real_data() -> None:
     assert ds.images.mean() / 255 == pytest.approx(0.1307, abs=5e-4)
 
 
-def test_default_data_root_is_shared_data_relative_to_the_working_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_data_root_is_the_per_user_cache_wherever_the_command_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("CNNC_DATA", raising=False)
-    monkeypatch.chdir(REPO)
-    assert default_data_root() == Path("../shared/data")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for directory in (REPO, tmp_path):
+        monkeypatch.chdir(directory)
+        assert default_data_root() == tmp_path / "home" / ".cache" / "cnnc"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_data_root() == tmp_path / "xdg" / "cnnc"
     assert isinstance(DEFAULT_DATA_ROOT, Path)
+    _write_mnist_test(tmp_path / "xdg" / "cnnc" / "mnist")
+    monkeypatch.chdir(REPO)  # ../shared/data lies beside the repository: it is not looked at
     assert np.bincount(load_dataset("mnist", "test").labels).tolist() == MNIST_TEST_HISTOGRAM
+
+
+def test_the_product_never_names_the_shared_data_folder() -> None:
+    sources = [path for stage in ("cnnc", "datasets", "training", "runtime", "export", "compiler", "dsl")
+               for path in (REPO / stage).rglob("*.py")]
+    assert sources and not [path for path in sources if "../shared" in path.read_text()]
 
 
 def test_cnnc_data_names_the_data_root_and_data_dir_may_be_a_root(
@@ -173,7 +188,7 @@ def test_checksum_mismatch_names_the_file_and_both_digests(tmp_path: Path) -> No
     message = str(error.value)
     assert f"checksum mismatch for {directory / 't10k-labels-idx1-ubyte'}" in message
     assert f"is {got}, expected 27ae3e4e09519cfbb04c329615203637" in message
-    assert "--download" in message
+    assert "delete it and fetch it again" in message
 
 
 def test_missing_files_say_which_files_go_where(tmp_path: Path) -> None:
@@ -181,7 +196,8 @@ def test_missing_files_say_which_files_go_where(tmp_path: Path) -> None:
         load_dataset("mnist", "test", tmp_path)
     message = str(error.value)
     assert f"missing from {tmp_path.resolve()}: t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz" in message
-    assert "--download" in message and "https://ossci-datasets.s3.amazonaws.com/mnist/" in message
+    assert "Or pass download=True to fetch them from https://ossci-datasets.s3.amazonaws.com/mnist/" in message
+    assert "--download" not in message  # the Python API has no flags
 
 
 def test_fashion_mnist_in_shared_data_lacks_its_images() -> None:
@@ -322,12 +338,29 @@ def test_folder_of_class_subfolders(tmp_path: Path) -> None:
     _png(tmp_path / "dog" / "b.png", np.stack([dog] * 3, axis=-1))  # RGB: converted to L like the first
     (tmp_path / "dog" / "notes.txt").write_text("ignored")
 
-    ds = load_dataset("folder", "train", path=str(tmp_path))
-    assert (ds.name, ds.classes, ds.labels.tolist()) == ("folder", ("cat", "dog"), [0, 0, 1, 1])
-    _assert_standard_invariants(ds, (1, 6, 8))
-    assert np.array_equal(ds.images[0, 0], cats[0]) and np.array_equal(ds.images[2, 0], dog)
-    assert np.array_equal(ds.images[3, 0], dog)  # grey RGB converts back exactly
-    assert np.array_equal(load_dataset("folder", "test", tmp_path).images, ds.images)  # data_dir works too
+    train = load_dataset("folder", "train", path=str(tmp_path))
+    test = load_dataset("folder", "test", tmp_path)  # data_dir works too
+    assert (train.name, train.classes, test.classes) == ("folder", ("cat", "dog"), ("cat", "dog"))
+    _assert_standard_invariants(train, (1, 6, 8))
+    # one image of each class is held out for testing; together the splits hold every image once
+    assert train.labels.tolist() == [0, 1] and test.labels.tolist() == [0, 1]
+    everything = [*train.images[:, 0], *test.images[:, 0]]
+    for original in (*cats, dog):
+        assert sum(np.array_equal(original, image) for image in everything) == (2 if original is dog else 1)
+    assert train.note == test.note and "held out as the test split and never trained on" in str(test.note)
+
+
+def test_folder_without_splits_holds_out_a_seeded_fifth_of_each_class(tmp_path: Path) -> None:
+    for label in ("a", "b"):
+        for index in range(10):
+            _png(tmp_path / label / f"{index}.png", np.full((2, 2), index + (100 if label == "b" else 0), np.uint8))
+    train, test = load_dataset("folder", "train", path=tmp_path), load_dataset("folder", "test", path=tmp_path)
+    assert np.bincount(test.labels).tolist() == [2, 2] and np.bincount(train.labels).tolist() == [8, 8]
+    held = {int(pixel) for pixel in test.images[:, 0, 0, 0]}
+    assert held.isdisjoint(int(pixel) for pixel in train.images[:, 0, 0, 0])
+    again = load_dataset("folder", "test", path=tmp_path)
+    assert np.array_equal(again.images, test.images)  # seeded: every load holds out the same images
+    assert "4 of its images (20% of each class, seed 0) are held out" in str(test.note)
 
 
 def test_folder_rgb_images_and_split_subfolders(tmp_path: Path) -> None:
@@ -433,7 +466,7 @@ def test_npz_errors(tmp_path: Path, arrays: dict[str, np.ndarray], expected: str
 def test_npz_refuses_pickled_objects_and_non_npz_files(tmp_path: Path) -> None:
     pickled = tmp_path / "pickled.npz"
     np.savez(pickled, x=np.array([{"a": 1}], dtype=object), y=np.zeros(1, int))
-    with pytest.raises(CnncError, match=r"pickled\.npz as a NumPy \.npz file of plain arrays"):
+    with pytest.raises(CnncError, match=r"pickled\.npz: x\.npy holds Python objects; cnnc reads plain arrays only"):
         load_dataset("npz", "train", path=pickled)
     garbage = tmp_path / "garbage.npz"
     garbage.write_bytes(b"not a zip file")

@@ -154,3 +154,44 @@ def test_resume_of_a_missing_run_is_a_usage_error_like_export(tmp_path: Path, ca
     assert main(["train", "--resume", str(tmp_path / "missing")]) == 2
     assert main(["export", str(tmp_path / "missing"), "-o", str(tmp_path / "m.onnx")]) == 2
     assert "no such run directory or checkpoint" in capsys.readouterr().err
+
+
+# --- datasets: downloaded on first use, or refused with --no-download ---------------------------------
+
+MNIST_SPEC = TINY.replace("dataset xo; epochs EPOCHS", "dataset mnist; epochs 1").replace("dense(2)", "dense(10)")
+
+
+def test_train_downloads_a_missing_standard_dataset_on_first_use(tmp_path: Path) -> None:
+    import functools
+    import http.server
+    import threading
+
+    shared = Path(os.environ["CNNC_DATA"]) / "mnist"
+    mirror = tmp_path / "mirror" / "mnist"
+    mirror.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        shutil.copy(shared / f"{name}.gz", mirror)
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(tmp_path / "mirror"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        (tmp_path / "m.cnn").write_text(MNIST_SPEC)
+        cache = tmp_path / "cache"
+        env = {"CNNC_DATA": "", "XDG_CACHE_HOME": str(cache), "no_proxy": "127.0.0.1", "NO_PROXY": "127.0.0.1",
+               "CNNC_DATASET_MIRROR": f"http://127.0.0.1:{server.server_address[1]}"}
+        refused = cnnc(["train", "m.cnn", *FLAGS, "--no-download", "--out", "r1"], tmp_path, env)
+        assert refused.returncode == 1
+        assert "Or run cnnc train without --no-download to fetch them" in refused.stderr
+        assert " --download" not in refused.stderr  # train has no such flag
+        done = cnnc(["train", "m.cnn", "--limit-train", "128", "--limit-test", "64", "--out", "r2"], tmp_path, env)
+        assert done.returncode == 0, done.stderr
+        assert "downloading train-images-idx3-ubyte.gz (9.5 MiB)" in done.stderr  # one line, not a bar
+        assert sorted(p.name for p in (cache / "cnnc" / "mnist").iterdir()) == sorted(p.name for p in mirror.iterdir())
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -27,6 +27,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     data = train.add_argument_group("data")
     data.add_argument("--data", metavar="DIR", help="where the dataset's files are (for folder and npz: its path)")
     data.add_argument("--dataset", metavar="NAME", help="train on this dataset instead of the spec's")
+    data.add_argument("--no-download", dest="download", action="store_false",
+                      help="never download: fail when a standard dataset's files are missing (by default they are "
+                           "fetched on first use into the data root, $CNNC_DATA or ~/.cache/cnnc, and checksummed)")
     data.add_argument("--limit-train", type=_positive_int, metavar="N", help="use only the first N training images")
     data.add_argument("--limit-test", type=_positive_int, metavar="N", help="use only the first N test images")
     settings = train.add_argument_group("overriding the train section")
@@ -66,7 +69,7 @@ def run_train(args: argparse.Namespace) -> int:
                           args.limit_train, args.limit_test)
     mode = "json" if args.json else "quiet" if args.quiet else "text"
     return train(TrainRequest(args.spec, args.resume, args.out, overrides, args.device or "auto", args.channels_last,
-                              args.compile, args.bf16, mode))
+                              args.compile, args.bf16, mode, args.download))
 
 
 def _positive_int(text: str) -> int:

@@ -35,11 +35,19 @@ class Splits:
     test: Dataset
 
 
-def load_splits(config: TrainConfig, overrides: Overrides, spec_dir: Path, graph: Graph, progress: bool) -> Splits:
-    """The train (less the validation fraction), validation and test splits, limited as asked."""
+# How a missing-files message tells a `cnnc train` user to download (it downloads unless told not to).
+DOWNLOAD_HINT = "run cnnc train without --no-download"
+
+
+def load_splits(config: TrainConfig, overrides: Overrides, spec_dir: Path, graph: Graph, progress: bool,
+                download: bool = False) -> Splits:
+    """The train (less the validation fraction), validation and test splits, limited as asked;
+    `download` fetches a standard dataset's missing files first."""
     name, data_dir, path = _where(config, overrides, spec_dir)
-    train = load_dataset(name, "train", data_dir, path=path, progress=progress)
-    test = load_dataset(name, "test", data_dir, path=path, progress=progress)
+    train = load_dataset(name, "train", data_dir, path=path, progress=progress, download=download,
+                         download_hint=DOWNLOAD_HINT)
+    test = load_dataset(name, "test", data_dir, path=path, progress=progress, download=download,
+                        download_hint=DOWNLOAD_HINT)
     _check_fits(graph, train)
     train, validation = split_validation(train.subset(overrides.limit_train), config.validation, config.seed)
     return Splits(train, validation, test.subset(overrides.limit_test))

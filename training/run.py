@@ -88,6 +88,7 @@ class TrainRequest:
     compile: bool = False
     bf16: bool = False
     mode: str = "text"                  # text, quiet or json
+    download: bool = True               # fetch a standard dataset's missing files
 
 
 def train(request: TrainRequest) -> int:
@@ -140,7 +141,8 @@ def _start(request: TrainRequest, device_type: str, world: World, console: Conso
     execution = Execution(device_type, True if request.channels_last is None else request.channels_last,
                           request.compile, request.bf16)
     run_dir = _shared(world, lambda: _new_run_dir(request.out, program.graph.name))
-    session = Session.create(program, request.overrides, execution, world, console, run_dir, spec)
+    session = Session.create(program, request.overrides, execution, world, console, run_dir, spec,
+                             download=request.download)
     session.write_run_files(spec)  # only now that the data and the model are known to be good
     return session
 
@@ -172,7 +174,7 @@ def _resume(request: TrainRequest, device_type: str, world: World, console: Cons
     overrides = Overrides.from_json({**stored["overrides"], **data})
     execution = Execution(**{**stored["execution"], "device": device_type})
     session = Session.create(checkpoint.program(), overrides, execution, world, console, run_dir,
-                              checkpoint.spec_path, checkpoint)
+                              checkpoint.spec_path, checkpoint, download=request.download)
     console.note(f"resuming {run_dir} after epoch {checkpoint.epoch}"
                  + (f", step {checkpoint.step_in_epoch}" if checkpoint.step_in_epoch else ""))
     return session
@@ -267,7 +269,8 @@ class Session:
 
     @staticmethod
     def create(program: Program, overrides: Overrides, execution: Execution, world: World, console: Console,
-               run_dir: Path, spec_path: str, checkpoint: Checkpoint | None = None) -> Session:
+               run_dir: Path, spec_path: str, checkpoint: Checkpoint | None = None, *,
+               download: bool = True) -> Session:
         """Check the settings, load the data, build the model and trainer; continue `checkpoint` if given."""
         config = effective_config(program.train, overrides)
         graph = program.graph
@@ -275,7 +278,10 @@ class Session:
             raise CnncError(f"the batch size {config.batch_size} does not divide among {world.size} processes")
         device = _device(execution.device, world)
         _seed_everything(config.seed, world.rank)
-        splits = load_splits(config, overrides, Path(spec_path).parent, graph, progress=console.mode == "text")
+        splits = load_splits(config, overrides, Path(spec_path).parent, graph, progress=console.mode == "text",
+                             download=download)
+        for note in dict.fromkeys(split.note for split in (splits.train, splits.test) if split.note):
+            console.note(note)
         normalization = Normalization.of(config)
         loss = CrossEntropy(config.loss, model_ends_in_softmax=final_softmax(graph) is not None)
         # A loss on the logits of a final softmax trains the graph without that softmax: the same weights.
