@@ -657,3 +657,12 @@ def test_importing_the_package_pulls_in_no_heavy_dependency() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_the_readme_names_the_folders_the_code_reads() -> None:
+    from cnnc.datasets.registry import STANDARD_DATASETS
+
+    readme = (REPO / "README.md").read_text()
+    for dataset in STANDARD_DATASETS.values():
+        assert f"`{dataset.folder}/`" in readme, dataset.folder
+    assert "cifar10/" not in readme and "../shared" not in readme
