@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 
 DEVICES = ("auto", "cpu", "cuda")
-# Flags that change what is trained: a resumed run keeps its own, so they may not be given with --resume.
-TRAINING_FLAGS = ("dataset", "epochs", "batch_size", "lr", "seed", "limit_train", "limit_test",
+# Flags that change what is trained: a resumed run keeps its own, so they may not be given with --resume
+# (--epochs may: it extends the run).
+TRAINING_FLAGS = ("dataset", "batch_size", "lr", "seed", "limit_train", "limit_test",
                   "channels_last", "compile", "bf16")
 
 
@@ -33,7 +34,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--limit-train", type=_positive_int, metavar="N", help="use only the first N training images")
     data.add_argument("--limit-test", type=_positive_int, metavar="N", help="use only the first N test images")
     settings = train.add_argument_group("overriding the train section")
-    settings.add_argument("--epochs", type=_positive_int, metavar="N")
+    settings.add_argument("--epochs", type=_positive_int, metavar="N",
+                          help="with --resume: train the run (finished or not) up to N epochs in all; the learning-"
+                               "rate schedule is recomputed as if N epochs had been planned from the start")
     settings.add_argument("--batch-size", type=_positive_int, metavar="N", help="the global batch (under torchrun too)")
     settings.add_argument("--lr", type=_positive_float, metavar="RATE", help="the optimizer's learning rate")
     settings.add_argument("--seed", type=_non_negative_int, metavar="N",

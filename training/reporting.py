@@ -1,8 +1,10 @@
 """What a run shows and records: the progress bar, per-epoch lines or JSON events, metrics.jsonl,
 the training curves and the confusion matrix.
 
-Output modes: text (a tqdm bar per epoch on stderr, a line per epoch on stdout), --json (one JSON
-object per event on stdout, no bar) and --quiet (the final line only). Only rank 0 reports.
+Output modes: text (a line per epoch on stdout and, when stderr is a terminal, a tqdm bar per epoch
+showing the epoch's running mean loss and accuracy), --json (one JSON object per event on stdout, no
+bar) and --quiet (the final line only). Only rank 0 reports. The plots use the console's units:
+accuracy in percent, whole epochs.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class _TqdmBar:
                         dynamic_ncols=True, leave=False)
 
     def update(self, loss: float, accuracy: float) -> None:
+        """`loss` and `accuracy` are the epoch's running means so far."""
         self.bar.set_postfix_str(f"loss {loss:.4f}  acc {accuracy:.2%}", refresh=False)
         self.bar.update()
 
@@ -78,7 +81,9 @@ class Console:
             print(text, flush=True)
 
     def bar(self, total: int, done: int, description: str) -> Bar:
-        return _TqdmBar(total, done, description) if self.mode == "text" else _NoBar()
+        """A live bar on a terminal only: in a log file its updates would pile up on one line, and the
+        epoch lines on stdout already give one line per epoch."""
+        return _TqdmBar(total, done, description) if self.mode == "text" and sys.stderr.isatty() else _NoBar()
 
 
 def epoch_line(metrics: Mapping[str, Any], epochs: int, elapsed: float) -> str:
@@ -117,26 +122,37 @@ class MetricsLog:
 
 def write_curves(history: Sequence[Mapping[str, Any]], path: Path, title: str) -> None:
     """Loss and accuracy per epoch, training and validation."""
+    from matplotlib import pyplot as plt
+
+    figure = curves_figure(history, title)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def curves_figure(history: Sequence[Mapping[str, Any]], title: str):
+    """The figure of write_curves: whole epochs on the x axis, accuracy in percent as on the console."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [record["epoch"] for record in history]
     figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(10, 4))
-    for axes, key, label in ((loss_axes, "loss", "loss"), (accuracy_axes, "accuracy", "accuracy")):
-        axes.plot(epochs, [record[f"train_{key}"] for record in history], marker="o", label="train")
+    for axes, key, label, scale in ((loss_axes, "loss", "loss", 1), (accuracy_axes, "accuracy", "accuracy (%)", 100)):
+        axes.plot(epochs, [record[f"train_{key}"] * scale for record in history], marker="o", label="train")
         validation = [record.get(f"val_{key}") for record in history]
         if any(value is not None for value in validation):
-            axes.plot(epochs, validation, marker="o", label="validation")
+            axes.plot(epochs, [None if value is None else value * scale for value in validation], marker="o",
+                      label="validation")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_xlabel("epoch")
         axes.set_ylabel(label)
         axes.grid(alpha=0.3)
         axes.legend()
     figure.suptitle(title)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    return figure
 
 
 def write_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], run_dir: Path, title: str) -> None:
@@ -146,16 +162,28 @@ def write_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], run_dir: 
     accuracy = float(np.trace(matrix) / total) if total else 0.0
     (run_dir / CONFUSION_JSON).write_text(json.dumps(
         {"classes": list(classes), "matrix": matrix.astype(int).tolist(), "accuracy": accuracy}, indent=1) + "\n")
+    from matplotlib import pyplot as plt
+
+    figure = confusion_figure(matrix, classes, f"{title}: test accuracy {accuracy:.2%}")
+    figure.savefig(run_dir / CONFUSION_PNG, dpi=100)
+    plt.close(figure)
+
+
+def confusion_figure(matrix: np.ndarray, classes: Sequence[str], title: str):
+    """The confusion matrix's picture; long or many class names are slanted so that none overlap."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    size = max(4.0, 0.5 * len(classes) + 2)
+    longest = max((len(name) for name in classes), default=1)
+    slanted = longest > 3 or len(classes) > 10
+    size = max(4.0, 0.5 * len(classes) + 2 + (0.08 * longest if slanted else 0))
     figure, axes = plt.subplots(figsize=(size, size))
     axes.imshow(matrix, cmap="Blues")
     ticks = range(len(classes))
-    axes.set_xticks(ticks, classes, rotation=45 if len(classes) > 10 else 0)
+    axes.set_xticks(ticks, classes, rotation=45 if slanted else 0, ha="right" if slanted else "center",
+                    rotation_mode="anchor")
     axes.set_yticks(ticks, classes)
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
@@ -164,7 +192,6 @@ def write_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], run_dir: 
         for (row, column), count in np.ndenumerate(matrix):
             axes.text(column, row, str(int(count)), ha="center", va="center", fontsize=8,
                       color="white" if count > threshold else "black")
-    axes.set_title(f"{title}: test accuracy {accuracy:.2%}")
+    axes.set_title(title)
     figure.tight_layout()
-    figure.savefig(run_dir / CONFUSION_PNG, dpi=100)
-    plt.close(figure)
+    return figure

@@ -162,22 +162,45 @@ def _resume(request: TrainRequest, device_type: str, world: World, console: Cons
     checkpoint = load_checkpoint(run_dir)
     if checkpoint.training is None:
         raise CnncError(f"{checkpoint.path} holds no training state to resume from")
-    if checkpoint.finished:
+    epochs = request.overrides.epochs
+    if epochs is not None:
+        _check_extension(checkpoint, epochs)
+    elif checkpoint.finished:
         accuracy = checkpoint.test_accuracy
-        console.final(f"{run_dir} has already finished: test accuracy {accuracy:.2%}",
+        console.final(f"{run_dir} has already finished: test accuracy {accuracy:.2%} "
+                      f"(--epochs N continues it up to N epochs)",
                       run_dir=str(run_dir), test_accuracy=accuracy, already_finished=True)
         return None
     stored = checkpoint.settings
     if stored["execution"]["bf16"] and device_type != "cuda":
         raise CnncError(f"{run_dir} was trained with --bf16, which needs CUDA; this machine has none")
-    data = {"data": request.overrides.data} if request.overrides.data else {}
-    overrides = Overrides.from_json({**stored["overrides"], **data})
+    changed = {key: value for key, value in (("data", request.overrides.data), ("epochs", epochs)) if value}
+    overrides = Overrides.from_json({**stored["overrides"], **changed})
     execution = Execution(**{**stored["execution"], "device": device_type})
     session = Session.create(checkpoint.program(), overrides, execution, world, console, run_dir,
                               checkpoint.spec_path, checkpoint, download=request.download)
     console.note(f"resuming {run_dir} after epoch {checkpoint.epoch}"
                  + (f", step {checkpoint.step_in_epoch}" if checkpoint.step_in_epoch else ""))
     return session
+
+
+def _check_extension(checkpoint: Checkpoint, epochs: int) -> None:
+    """--resume --epochs N: the run can be trained on up to N epochs (as Keras's initial_epoch does)."""
+    assert checkpoint.training is not None
+    done = checkpoint.training["position"]["epoch"]
+    if epochs <= done:
+        raise CnncError(f"{checkpoint.path.parent} has already trained {done} epochs; --epochs {epochs} would "
+                        f"add none (give more than {done})")
+    if not checkpoint.finished:
+        return
+    best = checkpoint.training["best"]
+    if checkpoint.epoch != done:
+        raise CnncError(f"{checkpoint.path.parent} ended by restoring the weights of epoch {checkpoint.epoch} (early "
+                        "stopping); its optimizer state belongs to later weights, so it cannot be continued: train "
+                        "a new run")
+    if best.get("patience") is not None and best.get("bad_epochs", 0) >= best["patience"]:
+        raise CnncError(f"{checkpoint.path.parent} was stopped early ({best['metric']} had stopped improving); "
+                        "continuing it would stop again at once: train a new run")
 
 
 def _check_spec(spec: str, world: World) -> Program:
@@ -312,7 +335,8 @@ class Session:
     def continue_from(self, checkpoint: Checkpoint) -> None:
         assert checkpoint.training is not None  # _resume refuses checkpoints without it
         stored = checkpoint.settings
-        self.settings = {**stored, "execution": self.execution.to_json(),
+        self.settings = {**stored, "execution": self.execution.to_json(), "overrides": self.overrides.to_json(),
+                         "train": config_to_json(self.config),
                          "resumed": [*stored.get("resumed", []), " ".join(sys.argv)]}
         try:
             self.trainer.resume_from(checkpoint.training)

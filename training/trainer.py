@@ -165,8 +165,11 @@ class StopRequest:
         if self.requested and number == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
-        self.console.note(f"{signal.Signals(number).name}: stopping after this step and saving a checkpoint "
-                          "(Ctrl-C again to quit at once, without one)")
+        if number == signal.SIGINT:
+            self.console.note("SIGINT (Ctrl-C): stopping after this step and saving a checkpoint "
+                              "(Ctrl-C again to quit at once, without one)")
+        else:
+            self.console.note(f"{signal.Signals(number).name}: stopping after this step and saving a checkpoint")
 
 
 def _injected_fault() -> tuple[signal.Signals, int] | None:
@@ -296,7 +299,7 @@ class Trainer:
             totals.correct += right
             totals.examples += len(labels)
             if self.console.mode == "text":
-                bar.update(previous_loss, right.item() / len(labels))
+                bar.update(totals.loss_sum / totals.examples, totals.correct.item() / totals.examples)
             if fault is not None and self.position.global_step == fault[1]:
                 os.kill(os.getpid(), fault[0])
         self._check(epoch, len(steps), len(steps), previous_loss, totals, started, may_stop=False)
