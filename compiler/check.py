@@ -14,8 +14,9 @@ from cnnc.compiler.ops import DEFAULT_WEIGHT_INIT, OPS
 from cnnc.compiler.passes import final_softmax
 from cnnc.compiler.train_config import TrainConfig, check_train
 from cnnc.compiler.values import EvaluationError, Located, evaluate
+from cnnc.constants import DATASET_SHAPES
 from cnnc.dsl import syntax_tree as st
-from cnnc.dsl.codes import DOUBLE_SOFTMAX, DUPLICATE_NAME, TRAIN_ERROR, WRONG_RANK
+from cnnc.dsl.codes import DATASET_CLASSES, DATASET_INPUT, DOUBLE_SOFTMAX, DUPLICATE_NAME, TRAIN_ERROR, WRONG_RANK
 from cnnc.dsl.diagnostics import Diagnostic, DiagnosticSink, error, render_all, sort_key, warning
 from cnnc.dsl.parser import too_deep
 from cnnc.errors import CnncError, UsageError
@@ -35,15 +36,18 @@ class CheckResult:
 
 
 def check_file(path: str | Path, *, text: str | None = None, sources: Mapping[str, str] | None = None,
-               max_params: int = DEFAULT_MAX_PARAMS) -> CheckResult:
-    """Check a spec file. `text` and `sources` stand in for files on disk (see loader.load)."""
-    loaded = load(path, text, sources)
+               max_params: int = DEFAULT_MAX_PARAMS, check_dataset: bool = True,
+               sources_only: bool = False) -> CheckResult:
+    """Check a spec file. `text` and `sources` stand in for files on disk (see loader.load).
+    `check_dataset=False` skips comparing the model with the train section's dataset (for a command
+    told to train on another one)."""
+    loaded = load(path, text, sources, sources_only=sources_only)
     sink = DiagnosticSink()
     sink.extend(loaded.diagnostics)
     program = None
     if loaded.main is not None:
         try:
-            program = _check_tree(loaded.main, loaded.included, loaded.sources, sink, max_params)
+            program = _check_tree(loaded.main, loaded.included, loaded.sources, sink, max_params, check_dataset)
         except RecursionError:
             sink.add(too_deep(loaded.main.path))
     ordered = tuple(sorted(sink.items, key=sort_key))
@@ -51,7 +55,7 @@ def check_file(path: str | Path, *, text: str | None = None, sources: Mapping[st
 
 
 def _check_tree(main: st.SourceFile, included: list[st.SourceFile], sources: Mapping[str, str],
-                sink: DiagnosticSink, max_params: int) -> Program | None:
+                sink: DiagnosticSink, max_params: int, check_dataset: bool) -> Program | None:
     files = [*included, main]
     constants = _constants(files, sink)
     blocks = _blocks(files, sink)
@@ -66,7 +70,7 @@ def _check_tree(main: st.SourceFile, included: list[st.SourceFile], sources: Map
     if graph is None:
         return None
     if main.trains:
-        _check_training_output(graph, train, main.trains[0], sink)
+        _check_training_output(graph, train, main.trains[0], sink, check_dataset)
     return Program(graph, train, dict(sources), elaborator.weight_init)
 
 
@@ -110,7 +114,8 @@ def _train(main: st.SourceFile, constants: Mapping[str, Located], sink: Diagnost
     return config
 
 
-def _check_training_output(graph: Graph, train: TrainConfig | None, section: st.Train, sink: DiagnosticSink) -> None:
+def _check_training_output(graph: Graph, train: TrainConfig | None, section: st.Train, sink: DiagnosticSink,
+                           check_dataset: bool = True) -> None:
     output = graph.output_node
     if len(output.shape) != 1:
         sink.add(error(WRONG_RANK, f"the model's output '{output.name}' is {'x'.join(map(str, output.shape))}, "
@@ -118,6 +123,8 @@ def _check_training_output(graph: Graph, train: TrainConfig | None, section: st.
                        "end the model with flatten and dense, or global_avgpool"))
     if train is not None and train.normalize is not None:
         _check_normalize(graph, train, section, sink)
+    if train is not None and check_dataset:
+        _check_dataset(graph, train, section, sink)
     if train is None or not train.loss.get("from_logits", False):
         return
     softmax_at = final_softmax(graph)
@@ -131,6 +138,27 @@ def _check_training_output(graph: Graph, train: TrainConfig | None, section: st.
             "remove the softmax (cnnc export can add one for deployment), "
             "or write `loss cross_entropy(from_logits=false)`",
         ))
+
+
+def _check_dataset(graph: Graph, train: TrainConfig, section: st.Train, sink: DiagnosticSink) -> None:
+    """A built-in dataset's images must fit the input, and its classes the output (folder and npz data
+    is only known when training reads it)."""
+    if train.dataset is None or train.dataset.name not in DATASET_SHAPES:
+        return
+    name = train.dataset.name
+    (image_shape, classes) = DATASET_SHAPES[name]
+    setting = next(s for s in section.settings if s.key == "dataset")
+    shape, wanted = "x".join(map(str, graph.input.shape)), "x".join(map(str, image_shape))
+    if tuple(graph.input.shape) != image_shape:
+        sink.add(error(DATASET_INPUT, f"the dataset {name} has {wanted} images, but the model's input "
+                                      f"'{graph.input.name}' (line {graph.input.span.line}) takes {shape}",
+                       setting.span, f"declare `input {graph.input.name}({', '.join(map(str, image_shape))})`, "
+                                     "or train on another dataset"))
+    output = graph.output_node
+    if len(output.shape) == 1 and output.shape[0] != classes:
+        sink.add(error(DATASET_CLASSES, f"the model's output '{output.name}' has {output.shape[0]} values, but "
+                                        f"the dataset {name} (line {setting.span.line}) has {classes} classes",
+                       output.span, f"end the model with {classes} outputs, for example dense({classes})"))
 
 
 def _check_normalize(graph: Graph, train: TrainConfig, section: st.Train, sink: DiagnosticSink) -> None:
@@ -157,9 +185,9 @@ def spec_path(text: str) -> Path:
     return path
 
 
-def load_program(spec: str, max_params: int | None = None) -> Program:
+def load_program(spec: str, max_params: int | None = None, *, check_dataset: bool = True) -> Program:
     """Check a spec for a command that needs its program: print its diagnostics to stderr, raise on errors."""
-    result = check_file(spec_path(spec), max_params=max_params or DEFAULT_MAX_PARAMS)
+    result = check_file(spec_path(spec), max_params=max_params or DEFAULT_MAX_PARAMS, check_dataset=check_dataset)
     if result.diagnostics:
         print(render_all(result.diagnostics, result.sources), end="", file=sys.stderr)
     if result.has_errors:

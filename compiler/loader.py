@@ -10,6 +10,7 @@ from cnnc.dsl import syntax_tree as st
 from cnnc.dsl.codes import INCLUDE_CYCLE, INCLUDE_ERROR
 from cnnc.dsl.diagnostics import Diagnostic, error
 from cnnc.dsl.parser import parse
+from cnnc.errors import CnncError
 
 
 @dataclass
@@ -25,20 +26,29 @@ def read_text(path: Path) -> str:
     return path.read_bytes().decode("utf-8", errors="replace")
 
 
-def load(path: str | Path, text: str | None = None, sources: Mapping[str, str] | None = None) -> LoadedSpec:
+SPEC_SUFFIX = ".cnn"
+
+
+def load(path: str | Path, text: str | None = None, sources: Mapping[str, str] | None = None, *,
+         sources_only: bool = False) -> LoadedSpec:
     """Parse `path` and, recursively, its includes.
 
     `text` replaces the main file's contents; `sources` maps display paths (as diagnostics show
     them, e.g. "specs/lib/blocks.cnn") to texts used instead of reading those files, so that a
-    spec saved with a checkpoint is checked again exactly as it was, wherever it is now.
+    spec saved with a checkpoint is checked again exactly as it was, wherever it is now. With
+    `sources_only`, nothing is read from disk: a file missing from `sources` is an error.
+    Only .cnn files are ever included, so no diagnostic can show a line of another kind of file.
     """
     loaded = LoadedSpec(None)
     saved = dict(sources or {})
     display = str(path)
+    if text is None and display not in saved and sources_only:
+        raise CnncError(f"the stored sources do not hold the spec {display}")
     source = text if text is not None else saved[display] if display in saved else read_text(Path(path))
     loaded.main = _parse_into(loaded, display, source)
     if loaded.main is not None:
-        _follow_includes(loaded, loaded.main, Path(path).resolve(), (Path(path).resolve(),), set(), saved)
+        _follow_includes(loaded, loaded.main, Path(path).resolve(), (Path(path).resolve(),), set(), saved,
+                         sources_only)
     return loaded
 
 
@@ -50,8 +60,13 @@ def _parse_into(loaded: LoadedSpec, display: str, text: str) -> st.SourceFile | 
 
 
 def _follow_includes(loaded: LoadedSpec, tree: st.SourceFile, real: Path, stack: tuple[Path, ...],
-                     done: set[Path], saved: Mapping[str, str]) -> None:
+                     done: set[Path], saved: Mapping[str, str], sources_only: bool) -> None:
     for include in tree.includes:
+        problem = _unincludable(include.path)
+        if problem is not None:
+            loaded.diagnostics.append(error(INCLUDE_ERROR, f'cannot include "{_shortened(include.path)}": {problem}',
+                                            include.span, "an include names a .cnn spec of blocks and constants"))
+            continue
         target = (real.parent / include.path).resolve()
         display = _display_path(tree.path, include.path)
         if target in stack:
@@ -64,7 +79,11 @@ def _follow_includes(loaded: LoadedSpec, tree: st.SourceFile, real: Path, stack:
         done.add(target)
         if display in saved:
             child = _parse_into(loaded, display, saved[display])
-        elif not target.is_file():
+        elif sources_only:
+            loaded.diagnostics.append(error(INCLUDE_ERROR, f'cannot include "{include.path}": the stored sources '
+                                                           "do not hold it", include.span))
+            continue
+        elif not _is_file(target):
             loaded.diagnostics.append(error(INCLUDE_ERROR, f'cannot include "{include.path}": no such file',
                                             include.span, f"looked for {_shown(target)}"))
             continue
@@ -72,11 +91,33 @@ def _follow_includes(loaded: LoadedSpec, tree: st.SourceFile, real: Path, stack:
             child = _parse_into(loaded, display, read_text(target))
         if child is None:
             continue
-        _follow_includes(loaded, child, target, (*stack, target), done, saved)
+        _follow_includes(loaded, child, target, (*stack, target), done, saved, sources_only)
         for model in child.models:
             loaded.diagnostics.append(error(INCLUDE_ERROR, f"included file {display} defines model '{model.name}'",
                                             model.name_span, "included files share blocks and constants only"))
         loaded.included.append(child)
+
+
+def _unincludable(name: str) -> str | None:
+    """Why `name` cannot be included, checked before the file is touched (None when it can be)."""
+    if not name.endswith(SPEC_SUFFIX):
+        return f"only {SPEC_SUFFIX} files can be included"
+    limit = 255  # NAME_MAX on Linux, macOS and Windows; PATH_MAX is far larger
+    longest = max((len(part.encode()) for part in Path(name).parts), default=0)
+    if longest > limit:
+        return f"a name in it is {longest} bytes long, more than a file name can be ({limit})"
+    return None
+
+
+def _shortened(name: str) -> str:
+    return name if len(name) <= 80 else f"{name[:60]}...{name[-15:]}"
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a path too long for the system, say: no file can be there
+        return False
 
 
 def _shown(path: Path) -> str:

@@ -53,6 +53,9 @@ BAD_INPUT = _code("E026", "input", "input problems: none, two, one inside a bloc
 BAD_REPEAT = _code("E027", "repeat", "a repeat count out of range")
 RESERVED_NAME = _code("E028", "reserved-name", "a layer name a backend reserves (`training`, names starting with `_`)")
 TRAIN_ERROR = _code("E030", "train", "train section problems")
+DATASET_INPUT = _code("E031", "dataset-input", "the model's input does not take the train section's dataset's images")
+DATASET_CLASSES = _code("E032", "dataset-classes", "the model's output does not have one score per class of the "
+                                                   "train section's dataset")
 UNUSED_OUTPUT = _code("W001", "unused", "a layer whose output is never used")
 UNREAD_INPUT = _code("W002", "unread-input", "padding that leaves input rows or columns unread")
 DOUBLE_SOFTMAX = _code("W003", "double-softmax", "softmax followed by a loss that applies softmax again")

@@ -102,7 +102,8 @@ def program_of(checkpoint: Any):
     """The checkpoint's program, re-checked from the sources it stores."""
     from cnnc.compiler.check import check_file
 
-    result = check_file(checkpoint.spec_path, sources=checkpoint.sources)
+    # the stored sources only (a stored path may name any file); its dataset may have come from --dataset
+    result = check_file(checkpoint.spec_path, sources=checkpoint.sources, sources_only=True, check_dataset=False)
     if result.program is None:
         from cnnc.dsl.diagnostics import render_all
 

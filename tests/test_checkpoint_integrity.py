@@ -110,3 +110,12 @@ def test_a_damaged_training_state_is_a_clear_error_on_resume(run_dir: Path, tmp_
     torch.save(raw, run / "last.pt")
     assert main(["train", "--resume", str(run), "--quiet"]) == 1
     assert "is a damaged cnnc checkpoint: its training state cannot be restored" in capsys.readouterr().err
+
+
+def test_a_stored_spec_path_naming_another_file_is_never_read(run_dir: Path, tmp_path: Path, capsys) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:$6$not-a-real-hash:19000\n")
+    path = _rewritten(run_dir, tmp_path, spec_path=str(secret))
+    assert main(["export", str(path), "-o", str(tmp_path / "m.onnx")]) == 1
+    error = capsys.readouterr().err
+    assert "not-a-real-hash" not in error and "the stored sources do not hold the spec" in error

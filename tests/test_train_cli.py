@@ -294,14 +294,17 @@ BAD_INPUT = [
     ("model m {\n input x(1, 28, 28)\n flatten\n dense(2)\n}\n", [], "SPEC has no train section: add one"),
     ("model m {\n input x(1, 28, 28)\n conv(4, kernel=40)\n}\ntrain { dataset xo }\n", [],
      "SPEC has errors (see above)"),
-    (xo_variant("flatten\n dense(3)"), [], "model 'm' has 3 outputs, but xo has 2 classes"),
+    (xo_variant("flatten\n dense(3)"), [], "error[E032]: the model's output 'dense1' has 3 values, but the "
+                                            "dataset xo (line 7) has 2 classes"),
     ("model m {\n input x(3, 32, 32)\n flatten\n dense(2)\n}\ntrain { dataset xo }\n", [],
-     "model 'm' takes 3x32x32 images, but xo has 1x28x28 images"),
+     "error[E031]: the dataset xo has 1x28x28 images, but the model's input 'x' (line 2) takes 3x32x32"),
+    (xo_variant("flatten\n dense(2)"), ["--dataset", "cifar10", "--no-download"],
+     "model 'm' takes 1x28x28 images, but cifar10"),
     (xo_variant("flatten\n dense(2)", "dataset xo\n normalize(mean=(0.1, 0.2), std=0.3)"), [],
      "normalize mean has 2 values, but the input has 1 channel"),
     (xo_variant("flatten\n dense(2)"), ["--dataset", "mnits"], "unknown dataset 'mnits'"),
     (xo_variant("flatten\n dense(2)"), ["--dataset", "folder"], "the folder dataset needs a path: give --data PATH"),
-    (xo_variant("flatten\n dense(10)"), ["--dataset", "mnist", "--data", "NOWHERE"], "NOWHERE"),
+    (xo_variant("flatten\n dense(10)"), ["--dataset", "mnist", "--data", "NOWHERE", "--no-download"], "NOWHERE"),
     (xo_variant("flatten\n dense(2)"), ["--device", "cuda"], "--device cuda: CUDA is not available"),
 ]
 

@@ -79,7 +79,9 @@ class Checkpoint:
         """The spec re-checked from the stored sources (not from disk, where it may have changed)."""
         from cnnc.compiler.check import check_file
 
-        result = check_file(self.spec_path, sources=self.sources)
+        # Only the stored sources, never the disk: a stored path may name any file. The dataset it was
+        # trained on may have come from --dataset, so the spec's own dataset is not compared.
+        result = check_file(self.spec_path, sources=self.sources, sources_only=True, check_dataset=False)
         if result.program is None:
             raise CnncError(f"{self.path}: the spec stored in the checkpoint no longer checks "
                             f"({len(result.diagnostics)} diagnostics; was it written by another cnnc version?)")

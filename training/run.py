@@ -132,7 +132,7 @@ def _start(request: TrainRequest, device_type: str, world: World, console: Conso
     spec = request.spec
     if world.is_main:  # before the spec and the data are read: an unwritable place fails at once
         check_writable(Path(request.out or "runs") / LAST)
-    program = _check_spec(spec, world)
+    program = _check_spec(spec, world, check_dataset=request.overrides.dataset is None)
     if program.train is None:
         raise CnncError(f"{spec} has no train section: add one (for example `train {{ dataset mnist }}`)")
     if request.bf16 and device_type != "cuda":
@@ -203,12 +203,13 @@ def _check_extension(checkpoint: Checkpoint, epochs: int) -> None:
                         "continuing it would stop again at once: train a new run")
 
 
-def _check_spec(spec: str, world: World) -> Program:
-    """The checked program; only rank 0 prints the spec's warnings."""
+def _check_spec(spec: str, world: World, check_dataset: bool) -> Program:
+    """The checked program (compared with its own dataset unless --dataset replaces it); only rank 0
+    prints the spec's warnings."""
     if world.is_main:
-        return load_program(spec)
+        return load_program(spec, check_dataset=check_dataset)
     with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
-        return load_program(spec)
+        return load_program(spec, check_dataset=check_dataset)
 
 
 def _new_run_dir(out: str | None, model_name: str) -> Path:
