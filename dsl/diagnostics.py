@@ -11,12 +11,14 @@ Every stage produces them; this module alone renders them, rustc-style:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
 from cnnc.dsl.codes import CODES
 
+TAB_WIDTH = 4
 MAX_EXCERPT = 100  # characters of a source line shown around the caret
 
 
@@ -117,23 +119,35 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
+@functools.lru_cache(maxsize=16)
+def _source_lines(source: str) -> tuple[str, ...]:
+    # Split once per file, not once per diagnostic: rendering stays linear in the number of diagnostics.
+    return tuple(source.splitlines())
+
+
 def _excerpt(span: Span, source: str | None) -> list[str]:
     if source is None:
         return []
-    source_lines = source.splitlines()
+    source_lines = _source_lines(source)
     if not 1 <= span.line <= len(source_lines):
         return []
-    text = source_lines[span.line - 1].expandtabs(4)
+    raw = source_lines[span.line - 1]
+    text = raw.expandtabs(TAB_WIDTH)
     number = str(span.line)
     pad = " " * len(number)
-    end = span.end_column if span.end_line == span.line else len(text) + 1
-    width = max(1, min(end, len(text) + 1) - span.column)
-    column = span.column
+    # Columns count characters, a tab as one; the excerpt shows tabs as spaces, so the caret moves with them.
+    column = _shown_column(raw, span.column)
+    end = _shown_column(raw, span.end_column) if span.end_line == span.line else len(text) + 1
+    width = max(1, min(end, len(text) + 1) - column)
     if len(text) > MAX_EXCERPT:
         text, column = _window(text, column)
         width = min(width, MAX_EXCERPT - column + 1)
     marker = " " * (column - 1) + "^" * width
     return [f"{pad} |", f"{number} | {text}", f"{pad} | {marker}"]
+
+
+def _shown_column(line: str, column: int) -> int:
+    return len(line[:column - 1].expandtabs(TAB_WIDTH)) + 1 + max(0, column - 1 - len(line))
 
 
 def _window(text: str, column: int) -> tuple[str, int]:
