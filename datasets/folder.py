@@ -11,22 +11,21 @@ training accuracy as test accuracy. The Dataset's `note` says so.
 The class names are the subfolder names, sorted; with train/ and test/ both must hold the same
 classes. PNG and JPEG files (.png, .jpg, .jpeg, any case) are read; other files are ignored.
 Every image must have the size of the first one (in sorted order). Their colour modes may differ:
-if the first image is greyscale (Pillow modes 1, L, LA, I, I;16, F), all are converted to L, one
-channel; otherwise all are converted to RGB, three channels.
+if the first image is greyscale, all are converted to L, one channel; otherwise all are converted
+to RGB, three channels. 16-bit images are scaled to 8 bits and float images refused (cnnc.pixels).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 
 from cnnc.datasets.dataset import Dataset
 from cnnc.errors import CnncError
+from cnnc.pixels import read_pixels
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-GREYSCALE_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
 SPLIT_FOLDERS = ("train", "test")
 TEST_FRACTION = 0.2
 HOLDOUT_SEED = 0
@@ -101,16 +100,12 @@ def _check_same_classes(split_root: Path, other_root: Path, classes: list[Path])
 
 
 def _read_images(files: list[Path]) -> np.ndarray:
-    try:
-        from PIL import Image  # only this loader needs Pillow, so only it imports it
-    except ImportError:
-        raise CnncError("reading an image folder needs Pillow: pip install pillow") from None
-    first = _load(Image, files[0], mode=None)
+    first = _load(files[0], mode=None)
     mode = "L" if first.shape[0] == 1 else "RGB"
     images = np.empty((len(files), *first.shape), dtype=np.uint8)
     images[0] = first
     for index, path in enumerate(files[1:], start=1):
-        pixels = _load(Image, path, mode)
+        pixels = _load(path, mode)
         if pixels.shape != first.shape:
             raise CnncError(
                 f"{path} is {_size(pixels)} pixels but {files[0]} is {_size(first)}; all images must have the same size"
@@ -119,14 +114,10 @@ def _read_images(files: list[Path]) -> np.ndarray:
     return images
 
 
-def _load(image_module: ModuleType, path: Path, mode: str | None) -> np.ndarray:
-    """The (C, H, W) pixels of `path` converted to `mode` (None: L or RGB, whichever fits it)."""
-    try:
-        with image_module.open(path) as image:
-            target_mode = mode or ("L" if image.mode in GREYSCALE_MODES else "RGB")
-            pixels = np.asarray(image.convert(target_mode), dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError, image_module.DecompressionBombError) as error:
-        raise CnncError(f"cannot read the image {path}: {error}") from None
+def _load(path: Path, mode: str | None) -> np.ndarray:
+    """The (C, H, W) pixels of `path` converted to `mode` (None: L or RGB, whichever fits it); 16-bit
+    images are scaled to 8 bits, float ones refused (see cnnc.pixels)."""
+    pixels, _ = read_pixels(path, mode)
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
 
 
