@@ -100,10 +100,12 @@ def _read_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) ->
 
 
 def _size(count: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if count < 1024 or unit == "TiB":
-            return f"{count:,} {unit}" if unit == "bytes" else f"{count:,.1f} {unit}"
-        count /= 1024  # type: ignore[assignment]
+    units = ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+    scaled = float(count)
+    for unit in units:
+        if scaled < 1024 or unit == units[-1]:
+            return f"{count:,} bytes" if unit == "bytes" else f"{scaled:,.4g} {unit}"
+        scaled /= 1024
     raise AssertionError
 
 
