@@ -6,6 +6,7 @@ at which each ONNX lowering switches to the native op."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -274,3 +275,20 @@ def test_drop_path_is_the_identity_at_inference_and_emits_no_onnx_node() -> None
         assert onnx_ops(checked, opset) == {"Conv", "Relu"}
     assert_everywhere(checked, initial_weights(checked.graph), x.numpy(),
                       np.maximum(module(x).detach().numpy(), 0))
+
+
+# --- all of them together -----------------------------------------------------------------------------
+
+def test_the_spec_using_every_one_agrees_with_torch_layer_by_layer_at_every_opset() -> None:
+    checked = check_file(str(Path(__file__).parent / "specs" / "new_ops_a.cnn")).program
+    assert checked is not None
+    weights = random_weights(checked)
+    x = images(checked, spread=2.0)
+    with torch.no_grad():
+        theirs = build_module(checked.graph, weights=weights).eval().forward_all(torch.from_numpy(x))
+    for opset in OPSETS:
+        probe, layers = onnx_backend.layer_probe(checked, weights, opset=opset)
+        ours = dict(zip([o.name for o in probe.graph.output], run_ort(probe, x)))
+        for layer, tensor in layers.items():
+            np.testing.assert_allclose(ours[tensor], theirs[layer].numpy(), rtol=1e-4, atol=1e-4,
+                                       err_msg=f"{layer} at opset {opset}")
