@@ -22,8 +22,9 @@ class LoadedSpec:
 
 
 def read_text(path: Path) -> str:
-    """A file's text; undecodable bytes become U+FFFD so that they reach the parser as errors."""
-    return path.read_bytes().decode("utf-8", errors="replace")
+    """A file's text; undecodable bytes become U+FFFD so that they reach the parser as errors. A
+    UTF-8 byte-order mark (which some Windows editors write) is dropped, as Python does for source."""
+    return path.read_bytes().decode("utf-8-sig", errors="replace")
 
 
 SPEC_SUFFIX = ".cnn"

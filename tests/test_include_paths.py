@@ -48,3 +48,11 @@ def test_a_stored_spec_is_rechecked_from_its_sources_only(tmp_path: Path) -> Non
     result = check_file("m.cnn", sources=stored, sources_only=True)
     rendered = render_all(result.diagnostics, result.sources)
     assert "the stored sources do not hold it" in rendered and "not-a-real-hash" not in rendered
+
+
+def test_a_utf8_byte_order_mark_is_not_a_syntax_error(tmp_path: Path) -> None:
+    spec = tmp_path / "bom.cnn"
+    spec.write_bytes(b"\xef\xbb\xbf" + b"model m {\n input x(1, 8, 8)\n flatten\n dense(2, kernel=3)\n}\n")
+    result = check_file(spec)
+    assert [d.code for d in result.diagnostics] == ["E003"]
+    assert result.diagnostics[0].span.line == 4  # lines and columns count as if the mark were not there
