@@ -49,10 +49,13 @@ def run_export(args: argparse.Namespace) -> int:
         raise UsageError(f"the output's directory does not exist: {output.parent}")
     if output.is_dir():
         raise UsageError(f"-o names a directory: {output}")
-    if args.opset < MIN_OPSET:
-        raise UsageError(f"--opset must be {MIN_OPSET} or newer, got {args.opset}")
     if not args.tolerance > 0:
         raise UsageError(f"--tolerance must be positive, got {args.tolerance:g}")
+    from cnnc.compiler.cli import check_opset
+    from cnnc.files import check_writable
+
+    check_opset(args.opset)  # a usage error below MIN_OPSET and above what onnx knows, as in compile
+    check_writable(output, binary=True)  # before the parity gate's work
 
     from cnnc.export.exporter import export_checkpoint
     from cnnc.training.checkpoint import BEST, LAST, load_checkpoint

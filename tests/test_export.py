@@ -180,7 +180,7 @@ def test_usage_and_input_errors(xo_run, tmp_path, capsys):
     assert main(["export", str(run_dir), "-o", output, "--tolerance", "0"]) == 2
     assert main(["export", str(run_dir / "last.pt"), "-o", output, "--best"]) == 2
     capsys.readouterr()
-    assert main(["export", str(run_dir), "-o", output, "--opset", "99"]) == 1
+    assert main(["export", str(run_dir), "-o", output, "--opset", "99"]) == 2
     assert "opset must be between 13 and" in capsys.readouterr().err
     not_a_checkpoint = tmp_path / "junk.pt"
     for junk in (b"", b"PK"):  # (b"junk" makes torch.load raise struct.error, which load_checkpoint lets through)
