@@ -49,12 +49,35 @@ def many_errors(lines: int) -> str:
     return "model m {\n input x(1, 8, 8)\n" + " conv(4, kernl=3)\n" * lines + "}\n"
 
 
+def doubling_blocks(levels: int) -> str:
+    blocks = ["block b0() { identity }"]
+    blocks += [f"block b{i}() {{\n a = in -> b{i - 1}\n c = in -> b{i - 1}\n add(a, c)\n}}"
+               for i in range(1, levels + 1)]
+    return "\n".join(blocks) + f"\nmodel m {{\n input x(1, 8, 8)\n b{levels}\n flatten\n}}\n"
+
+
+def chained_blocks(levels: int) -> str:
+    blocks = ["block b0() { identity }"] + [f"block b{i}() {{ b{i - 1} }}" for i in range(1, levels + 1)]
+    return "\n".join(blocks) + f"\nmodel m {{\n input x(1, 8, 8)\n b{levels}\n flatten\n}}\n"
+
+
 SPEC_CASES: dict[str, Callable[[Path], list[str]]] = {
+    "repeat-1024-cubed": spec_case("model m {\n input x(1, 8, 8)\n"
+                                   " repeat 1024 { repeat 1024 { repeat 1024 { identity } } }\n flatten\n}\n"),
+    "blocks-doubling-40-times": spec_case(doubling_blocks(40)),
+    "blocks-chained-3000-deep": spec_case(chained_blocks(3000)),
+    "power-tower": spec_case("const A = ((((10 ** 64) ** 64) ** 64) ** 64) ** 64\n" + MODEL),
+    "float-overflow": spec_case("const A = 1e300 ** 2\n" + MODEL),
+    "huge-literal": spec_case(f"const A = {'9' * 100_000}\n" + MODEL),
+    "braces-3000-deep": spec_case("model m {\n input x(1, 8, 8)\n" + "repeat 1 {\n" * 3000 + "identity\n"
+                                  + "}\n" * 3000 + "}\n"),
+    "parentheses-100000-deep": spec_case("const A = " + "(" * 100_000 + "1" + ")" * 100_000 + "\n" + MODEL),
+    "operators-20000-long": spec_case("const A = " + "1+" * 20_000 + "1\n" + MODEL),
     "include-etc-passwd": spec_case('include "/etc/passwd"\n' + MODEL),
     "include-proc-environ": spec_case('include "/proc/self/environ"\n' + MODEL),
     "include-name-too-long": spec_case(f'include "{"n" * 5000}.cnn"\n' + MODEL),
     "include-path-too-long": spec_case(f'include "{"/".join(["d" * 250] * 40)}.cnn"\n' + MODEL),
-    "errors-10000-lines": spec_case(many_errors(10_000)),
+    "errors-5000-lines": spec_case(many_errors(5_000)),  # linear rendering: tests/test_diagnostics_edges.py
     "binary-garbage": spec_case(bytes(range(256)).decode("latin-1") * 64),
 }
 
@@ -194,10 +217,10 @@ TORCH_CASES: dict[str, Callable[[Path], list[str]]] = {
 }
 
 
-# --- running a group -------------------------------------------------------------------------------
+# --- running the groups ---------------------------------------------------------------------------
 
-def run_group(directory: Path, cases: dict[str, Callable[[Path], list[str]]], warm: list[str],
-              address_space: int) -> dict:
+def start_group(directory: Path, cases: dict[str, Callable[[Path], list[str]]], warm: list[str],
+                address_space: int) -> subprocess.Popen:
     entries = []
     for name, build in cases.items():
         case_dir = directory / name
@@ -208,9 +231,13 @@ def run_group(directory: Path, cases: dict[str, Callable[[Path], list[str]]], wa
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
 
-    done = subprocess.run([sys.executable, str(HARNESS), str(directory / "cases.json"), str(directory / "out.json")],
-                          capture_output=True, text=True, timeout=300, preexec_fn=limit, cwd=directory)
-    assert done.returncode == 0, done.stderr[-3000:]
+    return subprocess.Popen([sys.executable, str(HARNESS), str(directory / "cases.json"), str(directory / "out.json")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=limit, cwd=directory)
+
+
+def finish_group(process: subprocess.Popen, directory: Path) -> dict:
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
     return json.loads((directory / "out.json").read_text())
 
 
@@ -226,15 +253,25 @@ def assert_clean(results: dict, case: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def spec_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return run_group(tmp_path_factory.mktemp("hostile-specs"), SPEC_CASES, ["cnnc.compiler.cli",
-                     "cnnc.compiler.check"], 2 * GIB)
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """Both groups at once, on two cores: the specs (no torch) and the data files and checkpoints."""
+    specs, heavy = tmp_path_factory.mktemp("hostile-specs"), tmp_path_factory.mktemp("hostile-torch")
+    running = {
+        "specs": (start_group(specs, SPEC_CASES, ["cnnc.compiler.cli", "cnnc.compiler.check"], 2 * GIB), specs),
+        "torch": (start_group(heavy, TORCH_CASES, ["torch", "cnnc.training.run", "cnnc.export.exporter",
+                                                   "PIL.Image"], 6 * GIB), heavy),
+    }
+    return {group: finish_group(process, directory) for group, (process, directory) in running.items()}
 
 
 @pytest.fixture(scope="module")
-def torch_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return run_group(tmp_path_factory.mktemp("hostile-torch"), TORCH_CASES,
-                     ["torch", "cnnc.training.run", "cnnc.export.exporter", "PIL.Image"], 6 * GIB)
+def spec_results(results: dict[str, dict]) -> dict:
+    return results["specs"]
+
+
+@pytest.fixture(scope="module")
+def torch_results(results: dict[str, dict]) -> dict:
+    return results["torch"]
 
 
 @pytest.mark.parametrize("case", list(SPEC_CASES))
