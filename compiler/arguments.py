@@ -244,8 +244,11 @@ def bind(
     args: Sequence[Located],
     kwargs: Sequence[tuple[str, Located]],
     call_span: Span | None,
+    keyword_spans: Sequence[Span] = (),
 ) -> tuple[dict[str, Any], list[Diagnostic]]:
-    """Match a call's arguments to specs; returns the values (defaults filled in) and problems."""
+    """Match a call's arguments to specs; returns the values (defaults filled in) and problems.
+    `keyword_spans`, one per keyword argument where known, locate the argument names themselves
+    (an unknown or repeated name is marked there rather than at its value)."""
     problems: list[Diagnostic] = []
     given: dict[str, Located] = {}
     positional_specs = [s for s in specs if s.positional]
@@ -263,15 +266,16 @@ def bind(
         given[positional_specs[index].name] = located
     by_name = {s.name: s for s in specs}
     suggested: set[str] = set()
-    for keyword, located in kwargs:
+    for position, (keyword, located) in enumerate(kwargs):
+        name_span = keyword_spans[position] if position < len(keyword_spans) else located.span
         if keyword not in by_name:
             matches = difflib.get_close_matches(keyword, by_name, n=1)
             suggested.update(matches)
             notes = [f"did you mean '{m}'?" for m in matches]
             notes.append(f"{what} takes: {', '.join(by_name) or 'no arguments'}")
-            problems.append(error(UNKNOWN_ARGUMENT, f"{what} has no argument '{keyword}'", located.span, *notes))
+            problems.append(error(UNKNOWN_ARGUMENT, f"{what} has no argument '{keyword}'", name_span, *notes))
         elif keyword in given:
-            problems.append(error(BAD_CALL, f"{what}: argument '{keyword}' is given twice", located.span))
+            problems.append(error(BAD_CALL, f"{what}: argument '{keyword}' is given twice", name_span))
         else:
             given[keyword] = located
     values: dict[str, Any] = {}

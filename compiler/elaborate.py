@@ -37,6 +37,17 @@ from cnnc.dsl.diagnostics import Diagnostic, DiagnosticSink, Span, error, warnin
 # A layer is a PyTorch submodule of its name; torch assigns these attributes of every module at run time.
 RESERVED_NAMES = frozenset({"training"})
 MAX_REPEAT = 1024
+# Statements (layers, constants, repeat iterations) a model may expand to through repeats and blocks:
+# far beyond real networks (ResNet-152 has about 500 layers), small enough to check in a second.
+MAX_EXPANDED = 20_000
+
+
+class _TooLarge(Exception):
+    """The expansion limit was reached: checking stops with this diagnostic."""
+
+    def __init__(self, diagnostic: Diagnostic) -> None:
+        super().__init__(diagnostic.message)
+        self.diagnostic = diagnostic
 BLOCK_INPUT = "in"
 
 
@@ -80,6 +91,7 @@ class Elaborator:
         self.nodes: dict[str, Node | None] = {}
         self.has_input = False
         self.consumers: dict[str, int] = {}
+        self.expanded = 0  # statements elaborated so far, repeats and blocks expanded (see MAX_EXPANDED)
 
     # --- entry ------------------------------------------------------------------------------------
 
@@ -88,7 +100,11 @@ class Elaborator:
         errors_before = sum(d.is_error for d in self.sink.items)
         self.has_input = any(isinstance(s, st.InputDecl) for s in model.body)
         self.weight_init = self._model_init(model.body, scope) or self.weight_init
-        self._body(model.body, scope)
+        try:
+            self._body(model.body, scope)
+        except _TooLarge as limit:
+            self.sink.add(limit.diagnostic)
+            return None
         inputs = [n for n in self.nodes.values() if n is not None and n.op == "input"]
         if not self.has_input:
             self._error(scope, BAD_INPUT, f"model '{model.name}' has no input",
@@ -130,6 +146,7 @@ class Elaborator:
 
     def _body(self, body: Iterable[st.Statement], scope: Scope) -> None:
         for statement in body:
+            self._count(1, statement.span, scope)
             if isinstance(statement, st.Const):
                 self._const(statement, scope)
             elif isinstance(statement, st.InputDecl):
@@ -178,13 +195,30 @@ class Elaborator:
             self._error(scope, BAD_REPEAT, f"repeat needs a count from 1 to {MAX_REPEAT}", repeat.count.span,
                         f"Received: repeat {count}")
             return
+        before = self.expanded
         for index in range(count):
+            if index == 1:  # the first pass's size tells what the others will add, before they expand
+                per_pass = self.expanded - before
+                self._count(0, repeat.count.span, scope, f"repeat {count} x {per_pass:,} per pass",
+                            coming=(count - 1) * per_pass)
             inner = Scope(scope.prefix, {**scope.constants}, {**scope.tensors}, scope.current, None, scope.counters,
                           scope.reserved, scope.blocks_open, scope.context, f"{scope.suffix}_{index + 1}")
             if repeat.index:
                 inner.constants[repeat.index] = Located(index, repeat.span)
+            self._count(1, repeat.span, scope)
             self._body(repeat.body, inner)
             scope.current = inner.current
+
+    def _count(self, statements: int, span: Span, scope: Scope, what: str = "", coming: int = 0) -> None:
+        """Account for `statements` about to be elaborated (and `coming` ones foreseen); past
+        MAX_EXPANDED, stop checking."""
+        self.expanded += statements
+        if self.expanded + coming > MAX_EXPANDED:
+            because = f" ({what})" if what else ""
+            raise _TooLarge(error(
+                MODEL_TOO_LARGE, f"the model expands to more than {MAX_EXPANDED:,} layers and statements{because}",
+                span, "repeats and blocks multiply what they contain; real networks have a few hundred layers",
+                *scope.context))
 
     def _chain(self, chain: st.Chain, scope: Scope) -> None:
         running = scope.current
@@ -388,6 +422,7 @@ class Elaborator:
     def _bind(self, what: str, specs: tuple[ArgSpec, ...], args: tuple[st.Arg, ...], span: Span, scope: Scope,
               evaluate_defaults: bool = False) -> dict[str, Any] | None:
         positional, keywords, ok = [], [], True
+        keyword_spans: list[Span] = []
         for arg in args:
             located = self._evaluate(arg.value, scope)
             if located is None:
@@ -396,11 +431,12 @@ class Elaborator:
                 positional.append(located)
             else:
                 keywords.append((arg.keyword, located))
+                keyword_spans.append(_keyword_span(arg))
         if not ok:
             return None  # the expression's own error says what is wrong
         if evaluate_defaults:
             specs = tuple(self._default(spec, scope) for spec in specs)
-        values, problems = bind(what, specs, positional, keywords, span)
+        values, problems = bind(what, specs, positional, keywords, span, keyword_spans)
         for problem in problems:
             self._add(problem, scope)
         return None if problems else values
@@ -440,6 +476,13 @@ class _AnyValue:
 
     def convert(self, value: Any) -> Located:
         return value
+
+
+def _keyword_span(arg: st.Arg) -> Span:
+    """Where the name of a keyword argument is written (an argument's span starts with it)."""
+    assert arg.keyword is not None
+    start = arg.span
+    return Span(start.path, start.line, start.column, start.line, start.column + len(arg.keyword))
 
 
 def _assigned_names(body: Iterable[st.Statement]) -> set[str]:

@@ -53,6 +53,9 @@ class EvaluationError(Exception):
         self.diagnostic = diagnostic
 
 
+# Sizes, counts and seeds are far below this; bounding every result keeps evaluation fast and small.
+MAX_INT_BITS = 256
+
 _ARITHMETIC = {
     "+": operator.add,
     "-": operator.sub,
@@ -96,11 +99,26 @@ def _binary(expr: st.BinaryOp, constants: Mapping[str, Located]) -> int | float:
     if expr.op == "**":
         if isinstance(right, int) and right < 0 or abs(right) > 64:
             raise EvaluationError(error(BAD_ARITHMETIC, f"exponent {right} is out of range (0 to 64)", expr.span))
-        return left**right
-    result = _ARITHMETIC[expr.op](left, right)
+        if isinstance(left, int) and isinstance(right, int) and abs(left).bit_length() * right > MAX_INT_BITS + 64:
+            raise _too_large(expr)  # refused before computing a number of millions of digits
+        try:
+            result = left**right
+        except OverflowError:
+            raise EvaluationError(error(BAD_ARITHMETIC, "the arithmetic overflows", expr.span)) from None
+        if isinstance(result, complex):
+            raise EvaluationError(error(BAD_ARITHMETIC, f"({left}) ** {right} is not a real number", expr.span))
+    else:
+        result = _ARITHMETIC[expr.op](left, right)
     if isinstance(result, float) and not math.isfinite(result):
         raise EvaluationError(error(BAD_ARITHMETIC, "the arithmetic overflows", expr.span))
+    if isinstance(result, int) and result.bit_length() > MAX_INT_BITS:
+        raise _too_large(expr)
     return result
+
+
+def _too_large(expr: st.Expr) -> EvaluationError:
+    return EvaluationError(error(BAD_ARITHMETIC, f"the result is too large: integers are limited to {MAX_INT_BITS} "
+                                                 "bits (about 10**77)", expr.span))
 
 
 def _number(located: Located, op: str) -> int | float:

@@ -48,7 +48,8 @@ RECURSIVE_BLOCK = _code("E022", "recursive-block", "a block that calls itself")
 INCLUDE_CYCLE = _code("E023", "include-cycle", "include cycle")
 INCLUDE_ERROR = _code("E024", "include", "include problem (missing file, a model in an included file)")
 MODEL_TOO_LARGE = _code("E025", "too-large", "a model over the parameter limit (`--max-params`, "
-                                             "default 1,000,000,000)")
+                                             "default 1,000,000,000) or over 20,000 layers and statements once "
+                                             "repeats and blocks are expanded")
 BAD_INPUT = _code("E026", "input", "input problems: none, two, one inside a block, or the input as the output")
 BAD_REPEAT = _code("E027", "repeat", "a repeat count out of range")
 RESERVED_NAME = _code("E028", "reserved-name", "a layer name a backend reserves (`training`, names starting with `_`)")

@@ -46,6 +46,9 @@ def _lark() -> Lark:
 
 def parse(text: str, path: str) -> tuple[st.SourceFile | None, list[Diagnostic]]:
     """Parse one file. On a syntax error, returns no tree and one diagnostic."""
+    deepest = _nesting_beyond_limit(text, path)
+    if deepest is not None:
+        return None, [too_deep(path, deepest)]
     try:
         tree = _lark().parse(text)
     except UnexpectedInput as failure:
@@ -62,9 +65,46 @@ def parse(text: str, path: str) -> tuple[st.SourceFile | None, list[Diagnostic]]
         return None, [too_deep(path)]
 
 
-def too_deep(path: str) -> Diagnostic:
-    return error(SYNTAX_ERROR, "the spec nests expressions too deeply to process", Span.point(path, 1, 1),
-                 "split long arithmetic with constants: `const A = ...`")
+# Braces (blocks, repeats, sections), parentheses and brackets may nest this deep: far beyond any real
+# spec, and well within what the parser and checker handle without exhausting Python's stack.
+MAX_NESTING = 100
+_OPENERS, _CLOSERS = "({[", ")}]"
+
+
+def too_deep(path: str, span: Span | None = None) -> Diagnostic:
+    """Nesting past MAX_NESTING at `span`; without one, a structure too deep for Python's stack (a
+    chain of thousands of operators, or blocks calling blocks thousands deep)."""
+    if span is not None:
+        return error(SYNTAX_ERROR, f"blocks, repeats, calls or parentheses nest more than {MAX_NESTING} levels "
+                                   "deep here", span,
+                     "name intermediate results or constants (`const A = ...`) instead of nesting them")
+    return error(SYNTAX_ERROR, "the spec nests too deeply to process: a chain of thousands of operators, or "
+                               "blocks within blocks thousands deep", Span.point(path, 1, 1),
+                 "split long arithmetic with constants (`const A = ...`) and name intermediate results")
+
+
+def _nesting_beyond_limit(text: str, path: str) -> Span | None:
+    """Where nesting first goes past MAX_NESTING (comments and strings skipped), or None."""
+    depth, line, column, in_string, in_comment = 0, 1, 0, False, False
+    for character in text:
+        column += 1
+        if character == "\n":
+            line, column, in_comment = line + 1, 0, False
+        elif in_comment:
+            continue
+        elif character == '"':
+            in_string = not in_string
+        elif in_string:
+            continue
+        elif character == "#":
+            in_comment = True
+        elif character in _OPENERS:
+            depth += 1
+            if depth > MAX_NESTING:
+                return Span.point(path, line, column)
+        elif character in _CLOSERS:
+            depth -= 1
+    return None
 
 
 class _NumberTooLarge(Exception):
@@ -116,8 +156,11 @@ def _at_end(failure: UnexpectedInput) -> bool:
 def _label(failure: UnexpectedInput, text: str) -> str | None:
     """Name the mistake from what precedes the error, else from lark's labelled examples."""
     if _at_end(failure):
-        closes_block = "RBRACE" in getattr(failure, "expected", ())
-        return "the file ended before a '}' closed it" if closes_block else "the file ended in the middle of a statement"
+        if "RBRACE" not in getattr(failure, "expected", ()):
+            return "the file ended in the middle of a statement"
+        opened = _unclosed_paren(_strip_comments(text), "{", "}")
+        where = f" the '{{' of line {opened[0]}, column {opened[1]}" if opened else " it"
+        return f"the file ended before a '}}' closed{where}"
     offset = failure.token.start_pos if isinstance(failure, UnexpectedToken) else failure.pos_in_stream
     before = _strip_comments(text[:offset]).rstrip()
     expected = set(getattr(failure, "expected", None) or getattr(failure, "allowed", None) or ())
@@ -146,14 +189,14 @@ def _strip_comments(text: str) -> str:
     return "\n".join(line.split("#", 1)[0] for line in text.split("\n"))
 
 
-def _unclosed_paren(text: str) -> tuple[int, int] | None:
-    """The line and column of the innermost '(' that `text` leaves open, if any."""
+def _unclosed_paren(text: str, opener: str = "(", closer: str = ")") -> tuple[int, int] | None:
+    """The line and column of the innermost `opener` that `text` leaves open, if any."""
     open_at: list[tuple[int, int]] = []
     for line_number, line in enumerate(text.split("\n"), start=1):
         for column, char in enumerate(line, start=1):
-            if char == "(":
+            if char == opener:
                 open_at.append((line_number, column))
-            elif char == ")" and open_at:
+            elif char == closer and open_at:
                 open_at.pop()
     return open_at[-1] if open_at else None
 
