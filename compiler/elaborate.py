@@ -339,7 +339,7 @@ class Elaborator:
     def _several_results(self, call: st.Call, count: int, span: Span, scope: Scope,
                          targets: tuple[str, ...] = ()) -> None:
         names = ", ".join(f"t{i}" for i in range(1, count + 1))
-        given = f"{len(targets)} names are assigned" if targets else "no names are assigned"
+        given = {0: "no names are assigned", 1: "1 name is assigned"}.get(len(targets), f"{len(targets)} names are assigned")
         self._error(scope, RESULT_COUNT, f"'{call.name}' gives {count} tensors, but {given}", span,
                     f"assign one name to each, as in `{names} = {call.name}(...)`, then chain from them")
 

@@ -38,6 +38,13 @@ LABELLED_EXAMPLES = {
 }
 
 
+# Labels that say all there is to say: the parser's list of expected tokens would only confuse.
+CHAINED_COMPARISON = "comparisons cannot be chained: write `a < b and b < c`"
+BARE_CONDITIONAL = "a conditional value needs parentheses here: `(a if condition else b)`"
+STRAY_ELSE = "'else' must follow the '}' of an if"
+COMPLETE_LABELS = {CHAINED_COMPARISON, BARE_CONDITIONAL, STRAY_ELSE}
+
+
 @lru_cache(maxsize=1)
 def _lark() -> Lark:
     grammar = resources.files("cnnc.dsl").joinpath("cnn.lark").read_text(encoding="utf-8")
@@ -88,7 +95,7 @@ def _syntax_diagnostic(failure: UnexpectedInput, text: str, path: str) -> Diagno
     found = _describe_found(failure)
     label = _label(failure, text)
     expected = _describe_expected(failure, text)
-    notes = [f"expected {expected}"] if expected else []
+    notes = [f"expected {expected}"] if expected and label not in COMPLETE_LABELS else []
     hint = _hint(failure)
     if hint:
         notes.append(hint)
@@ -130,8 +137,15 @@ def _label(failure: UnexpectedInput, text: str) -> str | None:
     offset = failure.token.start_pos if isinstance(failure, UnexpectedToken) else failure.pos_in_stream
     before = _strip_comments(text[:offset]).rstrip()
     expected = set(getattr(failure, "expected", None) or getattr(failure, "allowed", None) or ())
+    token = getattr(failure, "token", None)
     if before.endswith("->"):
         return "'->' must be followed by a layer"
+    if isinstance(token, Token) and token.type == "COMPARE":
+        return CHAINED_COMPARISON
+    if isinstance(token, Token) and token.type == "IF" and "IF" not in expected:
+        return BARE_CONDITIONAL
+    if token == "{" and before.split()[-1:] == ["else"]:
+        return STRAY_ELSE
     if before.endswith("=") and not before.endswith("=="):
         return "'=' must be followed by a value"
     unclosed = _unclosed(before, "(", ")")
