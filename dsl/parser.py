@@ -184,12 +184,12 @@ def _unclosed(text: str, opening: str, closing: str) -> tuple[int, int] | None:
 def _describe_expected(failure: UnexpectedInput, text: str) -> str:
     expected = set(getattr(failure, "expected", None) or getattr(failure, "allowed", None) or ())
     # LALR states are shared between brackets: only mention a ']' that would close something, and
-    # not the optional `if` of a conditional value after a complete argument.
+    # not the optional `if`, `and`, `or` that could extend a complete argument.
     offset = failure.token.start_pos if isinstance(failure, UnexpectedToken) else failure.pos_in_stream
     if offset is not None and not _unclosed(_strip_comments(text[:offset]), "[", "]"):
         expected.discard("RSQB")
     if expected & {"RPAR", "RSQB", "COMMA"}:
-        expected.discard("IF")
+        expected -= {"IF", "AND", "OR"}
     words = sorted({_token_word(name) for name in expected if not name.startswith("__IGNORE")})
     operators = [w for w in words if w.strip("'") in {"+", "-", "*", "/", "//", "%", "**"}]
     if len(operators) > 2:
