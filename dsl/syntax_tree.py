@@ -123,7 +123,8 @@ class Call:
     name_span: Span
 
 
-Expr = Number | Bool | String | Name | BinaryOp | Negate | Compare | Logic | Not | Conditional | Index | TupleValue | Call
+Expr = (Number | Bool | String | Name | BinaryOp | Negate | Compare | Logic | Not | Conditional | Index | TupleValue
+        | Call)
 
 
 # Statements -------------------------------------------------------------------------------------
