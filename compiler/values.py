@@ -154,7 +154,7 @@ class _Evaluator:
                                         expr.span))
         name = expr.args[0].value
         if self.tensors is None or name.name not in self.tensors:
-            where = "defined here" if self.tensors is not None else "outside a model or block"
+            where = "defined here" if self.tensors is not None else "(there are none outside a model or block)"
             raise EvaluationError(error(UNDEFINED_NAME, f"'{name.name}' is not a tensor {where}", name.span,
                                         f"{expr.name}() reads the shape of a tensor of the model or block"))
         shape = self.tensors[name.name]
