@@ -9,17 +9,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cnnc.dsl import syntax_tree as st
+from cnnc.dsl.codes import (
+    BAD_ARITHMETIC, BAD_CALL, BAD_CONDITION, BAD_INDEX, MISSING_ARGUMENT, OUT_OF_RANGE, UNDEFINED_NAME,
+    UNKNOWN_ARGUMENT, WRONG_TYPE,
+)
 from cnnc.dsl.diagnostics import Diagnostic, Span, error
-
-UNDEFINED_NAME = "E020"
-BAD_ARITHMETIC = "E004"
-UNKNOWN_ARGUMENT = "E003"
-WRONG_TYPE = "E004"
-OUT_OF_RANGE = "E005"
-MISSING_ARGUMENT = "E006"
-BAD_CALL = "E007"
-BAD_CONDITION = "E040"
-BAD_INDEX = "E041"
 
 
 @dataclass(frozen=True)
