@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cnnc.compiler import passes
-from cnnc.compiler.arguments import REQUIRED, ArgError, ArgSpec, Option, bind
+from cnnc.compiler.arguments import REQUIRED, ArgError, ArgSpec, Int, Option, Sizes, bind
 from cnnc.compiler.ir import Attrs, Graph, Node
 from cnnc.compiler.ops import INITIALIZER, INPUT_ARGS, OPS, Field, OpDef, ShapeError, TensorInfo, default_bias_init
 from cnnc.compiler.ops.core import window_field
@@ -32,6 +32,7 @@ from cnnc.dsl.codes import (
     MISSING_ARGUMENT,
     MODEL_TOO_LARGE,
     NOT_A_LAYER,
+    OUT_OF_RANGE,
     RECURSIVE_BLOCK,
     RESERVED_NAME,
     RESULT_COUNT,
@@ -47,6 +48,12 @@ from cnnc.dsl.diagnostics import Diagnostic, DiagnosticSink, Span, error, warnin
 RESERVED_NAMES = frozenset({"training"})
 MAX_REPEAT = 1024
 BLOCK_INPUT = "in"
+SPLIT = "split"
+CHANNEL_SLICE = "channel_slice"
+SPLIT_ARGS = (
+    ArgSpec("parts", Int(minimum=1), None, positional=True, doc="the number of equal parts"),
+    ArgSpec("sizes", Sizes(), None, doc="the channels of each part"),
+)
 MAX_LISTED_USES = 8  # instances named in the note of an error that several block instances share
 
 
@@ -353,7 +360,8 @@ class Elaborator:
     def _several_results(self, call: st.Call, count: int, span: Span, scope: Scope,
                          targets: tuple[str, ...] = ()) -> None:
         names = ", ".join(f"t{i}" for i in range(1, count + 1))
-        given = {0: "no names are assigned", 1: "1 name is assigned"}.get(len(targets), f"{len(targets)} names are assigned")
+        given = {0: "no names are assigned", 1: "1 name is assigned"}.get(len(targets),
+                                                                          f"{len(targets)} names are assigned")
         self._error(scope, RESULT_COUNT, f"'{call.name}' gives {count} tensors, but {given}", span,
                     f"assign one name to each, as in `{names} = {call.name}(...)`, then chain from them")
 
@@ -372,6 +380,8 @@ class Elaborator:
                 return None
             call = substituted
         target = targets[0] if len(targets) == 1 else None
+        if call.name == SPLIT:
+            return self._split(call, running, targets, scope)
         if call.name in OPS:
             op = OPS[call.name]
             if len(targets) > 1:
@@ -409,6 +419,58 @@ class Elaborator:
         self._error(scope, NOT_A_LAYER, f"'{call.name}' is {describe(value)}, not a layer", call.name_span,
                     "a constant or parameter used as a layer must hold one, as in act=relu or act=leaky_relu(0.2)")
         return None
+
+    def _split(self, call: st.Call, running: Tensor | None, targets: tuple[str, ...],
+               scope: Scope) -> tuple[Tensor, ...] | None:
+        """`a, b = split(2)` or `split(sizes=(16, 48))`: one channel_slice node per part, named after its target."""
+        bound = self._bind("split", SPLIT_ARGS, call.args, call.span, scope)
+        if bound is None:
+            return None
+        if (bound["parts"] is None) == (bound["sizes"] is None):
+            self._error(scope, MISSING_ARGUMENT, "split needs either a number of equal parts or sizes", call.span,
+                        "as in `a, b = split(2)` or `a, b = split(sizes=(16, 48))`")
+            return None
+        count = bound["parts"] or len(bound["sizes"])
+        if len(targets) != count:
+            self._several_results(call, count, call.span, scope, targets)
+            return None
+        if running is None:
+            self._error(scope, BAD_INPUT, "split has no input: nothing comes before it", call.span)
+            return None
+        if running.shape is None:
+            return None
+        sizes = self._split_sizes(bound, running, call, scope)
+        if sizes is None:
+            return None
+        results, start = [], 0
+        for target, size in zip(targets, sizes):
+            name = self._node_name(target, CHANNEL_SLICE, call.span, scope)
+            if name is None:
+                return None
+            located = (("start", Located(start, call.span)), ("stop", Located(start + size, call.span)))
+            args = tuple(st.Arg(keyword, value, call.span) for keyword, value in located)
+            results.append(self._apply(OPS[CHANNEL_SLICE], replace(call, name=CHANNEL_SLICE, args=args), [running],
+                                       name, scope))
+            start += size
+        return tuple(results)
+
+    def _split_sizes(self, bound: Mapping[str, Any], running: Tensor, call: st.Call,
+                     scope: Scope) -> tuple[int, ...] | None:
+        channels = running.shape[0]
+        source = f"the {channels} channels of '{running.origin}' (line {running.origin_line})"
+        if bound["parts"] is not None:
+            parts = bound["parts"]
+            if channels % parts:
+                self._error(scope, OUT_OF_RANGE, f"split: {parts} equal parts must divide {source}", call.span,
+                            f"Received: parts={parts}; give sizes=(...) for unequal parts")
+                return None
+            return (channels // parts,) * parts
+        sizes = bound["sizes"]
+        if sum(sizes) != channels:
+            self._error(scope, OUT_OF_RANGE, f"split: the sizes must add up to {source}", call.span,
+                        f"Received: sizes={format_value(sizes)}, which add up to {sum(sizes)}")
+            return None
+        return sizes
 
     # --- ops --------------------------------------------------------------------------------------
 
@@ -553,13 +615,14 @@ class Elaborator:
         return None
 
     def _unknown_layer(self, call: st.Call, scope: Scope) -> None:
-        choices = [*OPS, *self.blocks, *scope.tensors]
+        layers = [*OPS, SPLIT]
+        choices = [*layers, *self.blocks, *scope.tensors]
         notes = [f"did you mean '{m}'?" for m in difflib.get_close_matches(call.name, choices, n=1, cutoff=0.6)]
         if call.name in HELPERS or call.name in SHAPE_QUERIES:
             notes.append(f"{call.name}() computes a number: name it with `const value = {call.name}(...)`")
         elif not call.args and not notes:
             notes.append("if it is a tensor, define it first with `name = ...`")
-        notes.append("layers: " + ", ".join(OPS))
+        notes.append("layers: " + ", ".join(layers))
         self._error(scope, UNKNOWN_LAYER, f"unknown layer '{call.name}'", call.name_span, *notes)
 
     # --- values -----------------------------------------------------------------------------------

@@ -41,7 +41,8 @@ LABELLED_EXAMPLES = {
 CHAINED_COMPARISON = "comparisons cannot be chained: write `a < b and b < c`"
 BARE_CONDITIONAL = "a conditional value needs parentheses here: `(a if condition else b)`"
 STRAY_ELSE = "'else' must follow the '}' of an if"
-COMPLETE_LABELS = {CHAINED_COMPARISON, BARE_CONDITIONAL, STRAY_ELSE}
+ARROW_IN_VALUE = "'->' chains layers in a statement, not inside an argument: name the chain first, `y = x -> relu`"
+COMPLETE_LABELS = {CHAINED_COMPARISON, BARE_CONDITIONAL, STRAY_ELSE, ARROW_IN_VALUE}
 
 
 @lru_cache(maxsize=1)
@@ -139,6 +140,8 @@ def _label(failure: UnexpectedInput, text: str) -> str | None:
     token = getattr(failure, "token", None)
     if before.endswith("->"):
         return "'->' must be followed by a layer"
+    if isinstance(token, Token) and token.type == "COMPARE" and token == ">" and before.endswith("-"):
+        return ARROW_IN_VALUE
     if isinstance(token, Token) and token.type == "COMPARE":
         return CHAINED_COMPARISON
     if isinstance(token, Token) and token.type == "IF" and "IF" not in expected:
