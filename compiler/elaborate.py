@@ -19,7 +19,15 @@ from cnnc.compiler.ir import Attrs, Graph, Node
 from cnnc.compiler.ops import INITIALIZER, INPUT_ARGS, OPS, Field, OpDef, ShapeError, TensorInfo, default_bias_init
 from cnnc.compiler.ops.core import window_field
 from cnnc.compiler.values import (
-    HELPERS, SHAPE_QUERIES, CallValue, EvaluationError, Located, Symbol, UnknownShape, describe, evaluate,
+    HELPERS,
+    SHAPE_QUERIES,
+    CallValue,
+    EvaluationError,
+    Located,
+    Symbol,
+    UnknownShape,
+    describe,
+    evaluate,
     format_value,
 )
 from cnnc.dsl import syntax_tree as st
@@ -145,7 +153,7 @@ class Elaborator:
             self._error(scope, BAD_INPUT, f"model '{model.name}' has no input",
                         model.name_span, "declare one first, as in `input image(1, 28, 28)`")
             return None
-        output = scope.output or scope.current
+        output = scope.output if isinstance(scope.output, Tensor) else scope.current  # never a tuple: see _output
         if output is None or output.shape is None or sum(d.is_error for d in self.sink.items) > errors_before:
             return None
         if output.node == inputs[0].name:
@@ -332,7 +340,7 @@ class Elaborator:
             if running is None:
                 self._fail(chain, scope)
                 return
-        if not self._assign(chain, running, scope):
+        if running is None or not self._assign(chain, running, scope):
             self._fail(chain, scope)
             return
         if isinstance(running, Tensor):
@@ -413,8 +421,8 @@ class Elaborator:
         if isinstance(value, Symbol):
             return st.Call(value.name, call.args, call.span, call.name_span)
         if isinstance(value, CallValue):
-            held = tuple(st.Arg(None, a, a.span) for a in value.args)
-            held += tuple(st.Arg(keyword, a, a.span) for keyword, a in value.kwargs)
+            held = tuple(st.Arg(None, st.Given(a.value, a.span), a.span) for a in value.args)
+            held += tuple(st.Arg(keyword, st.Given(a.value, a.span), a.span) for keyword, a in value.kwargs)
             return st.Call(value.name, held + call.args, call.span, call.name_span)
         self._error(scope, NOT_A_LAYER, f"'{call.name}' is {describe(value)}, not a layer", call.name_span,
                     "a constant or parameter used as a layer must hold one, as in act=relu or act=leaky_relu(0.2)")
@@ -439,7 +447,7 @@ class Elaborator:
             return None
         if running.shape is None:
             return None
-        sizes = self._split_sizes(bound, running, call, scope)
+        sizes = self._split_sizes(bound, running.shape[0], running, call, scope)
         if sizes is None:
             return None
         results, start = [], 0
@@ -447,16 +455,15 @@ class Elaborator:
             name = self._node_name(target, CHANNEL_SLICE, call.span, scope)
             if name is None:
                 return None
-            located = (("start", Located(start, call.span)), ("stop", Located(start + size, call.span)))
-            args = tuple(st.Arg(keyword, value, call.span) for keyword, value in located)
+            bounds = (("start", start), ("stop", start + size))
+            args = tuple(st.Arg(keyword, st.Given(value, call.span), call.span) for keyword, value in bounds)
             results.append(self._apply(OPS[CHANNEL_SLICE], replace(call, name=CHANNEL_SLICE, args=args), [running],
                                        name, scope))
             start += size
         return tuple(results)
 
-    def _split_sizes(self, bound: Mapping[str, Any], running: Tensor, call: st.Call,
+    def _split_sizes(self, bound: Mapping[str, Any], channels: int, running: Tensor, call: st.Call,
                      scope: Scope) -> tuple[int, ...] | None:
-        channels = running.shape[0]
         source = f"the {channels} channels of '{running.origin}' (line {running.origin_line})"
         if bound["parts"] is not None:
             parts = bound["parts"]

@@ -10,8 +10,15 @@ from dataclasses import dataclass
 
 from cnnc.dsl import syntax_tree as st
 from cnnc.dsl.codes import (
-    BAD_ARITHMETIC, BAD_CALL, BAD_CONDITION, BAD_INDEX, MISSING_ARGUMENT, OUT_OF_RANGE, UNDEFINED_NAME,
-    UNKNOWN_ARGUMENT, WRONG_TYPE,
+    BAD_ARITHMETIC,
+    BAD_CALL,
+    BAD_CONDITION,
+    BAD_INDEX,
+    MISSING_ARGUMENT,
+    OUT_OF_RANGE,
+    UNDEFINED_NAME,
+    UNKNOWN_ARGUMENT,
+    WRONG_TYPE,
 )
 from cnnc.dsl.diagnostics import Diagnostic, Span, error
 
@@ -71,12 +78,11 @@ MAX_ITEMS = 1024  # the longest list range() builds, as repeat's largest count
 Shapes = Mapping[str, "tuple[int, ...] | None"]  # tensor name -> shape (None: unknown after an error)
 
 
-def evaluate(expr: st.Expr | Located, constants: Mapping[str, Located], tensors: Shapes | None = None) -> Located:
+def evaluate(expr: st.Expr, constants: Mapping[str, Located], tensors: Shapes | None = None) -> Located:
     """Evaluate an expression; names that are not constants become symbols.
 
     `tensors` gives the shapes that `channels(x)`, `height(x)` and `width(x)` read; where there
-    are none (file-level constants, the train section) those calls are errors. A value already
-    evaluated (a Located, e.g. a block argument substituted into a layer call) is returned as is.
+    are none (file-level constants, the train section) those calls are errors.
     Raises EvaluationError, or UnknownShape when a shape query meets a tensor whose shape is unknown
     because of an error already reported.
     """
@@ -92,9 +98,9 @@ class _Evaluator:
         self.constants = constants
         self.tensors = tensors
 
-    def run(self, expr: st.Expr | Located) -> Located:
-        if isinstance(expr, Located):
-            return expr
+    def run(self, expr: st.Expr) -> Located:
+        if isinstance(expr, st.Given):
+            return Located(expr.value, expr.span)
         if isinstance(expr, st.Number | st.Bool | st.String):
             return Located(expr.value, expr.span)
         if isinstance(expr, st.Name):
@@ -280,23 +286,31 @@ class _HelperCall:
         if self.keywords:
             keyword, (_, span) = next(iter(self.keywords.items()))
             raise self._error(UNKNOWN_ARGUMENT, f"{self.name}() takes no named arguments", span)
-        if len(self.positional) == 1 and isinstance(self.positional[0].value, tuple):
-            only = self.positional[0]
+        only = self.positional[0] if len(self.positional) == 1 else None
+        if only is not None and isinstance(only.value, tuple):
             return [Located(item, only.span) for item in only.value]
         return self.positional
 
-    def number(self, name: str, located: Located, integer: bool = False, minimum: int | None = None) -> int | float:
+    def number(self, name: str, located: Located) -> int | float:
         value = located.value
-        ok = isinstance(value, int if integer else int | float) and not isinstance(value, bool)
-        if not ok:
+        if isinstance(value, bool) or not isinstance(value, int | float):
             _reject_symbol(located)
-        if not ok or minimum is not None and value < minimum:
-            kind = "an integer" if integer else "a number"
-            limit = f" >= {minimum}" if minimum is not None else ""
-            raise self._error(WRONG_TYPE if not ok else OUT_OF_RANGE,
-                              f"{self.name}(): argument '{name}' must be {kind}{limit}", located.span,
-                              f"Received: {name}={format_value(value)}")
+            raise self._wrong(name, located, "a number", WRONG_TYPE)
         return value
+
+    def integer(self, name: str, located: Located, minimum: int | None = None) -> int:
+        value = located.value
+        limit = f"an integer >= {minimum}" if minimum is not None else "an integer"
+        if isinstance(value, bool) or not isinstance(value, int):
+            _reject_symbol(located)
+            raise self._wrong(name, located, limit, WRONG_TYPE)
+        if minimum is not None and value < minimum:
+            raise self._wrong(name, located, limit, OUT_OF_RANGE)
+        return value
+
+    def _wrong(self, name: str, located: Located, kind: str, code: str) -> EvaluationError:
+        return self._error(code, f"{self.name}(): argument '{name}' must be {kind}", located.span,
+                           f"Received: {name}={format_value(located.value)}")
 
     def _error(self, code: str, message: str, span: Span, *notes: str) -> EvaluationError:
         return EvaluationError(error(code, message, span, *notes))
@@ -307,12 +321,14 @@ def _extreme(pick):
         items = call.values()
         if not items:
             raise call._error(MISSING_ARGUMENT, f"{call.name}() needs at least one number", call.expr.span)
+        numbers: list[int | float] = []
         for item in items:
             if isinstance(item.value, bool) or not isinstance(item.value, int | float):
                 _reject_symbol(item)
                 raise call._error(WRONG_TYPE, f"{call.name}() needs numbers, but this is {describe(item.value)}",
                                   item.span)
-        return pick(item.value for item in items)
+            numbers.append(item.value)
+        return pick(numbers)
 
     return helper
 
@@ -342,9 +358,9 @@ def _len(call: _HelperCall) -> int:
 
 def _range(call: _HelperCall) -> tuple[int, ...]:
     bound = call.bind(("start",), ("stop",))
-    start = call.number("start", bound["start"], integer=True)
+    start = call.integer("start", bound["start"])
     if "stop" in bound:
-        stop = call.number("stop", bound["stop"], integer=True)
+        stop = call.integer("stop", bound["stop"])
     else:
         start, stop = 0, start
     if stop - start > MAX_ITEMS:
@@ -357,8 +373,8 @@ def _make_divisible(call: _HelperCall) -> int:
     """torchvision's _make_divisible: round to the nearest multiple, never more than 10% down."""
     bound = call.bind(("value", "divisor"), ("min_value",))
     value = call.number("value", bound["value"])
-    divisor = call.number("divisor", bound["divisor"], integer=True, minimum=1)
-    minimum = call.number("min_value", bound["min_value"], integer=True, minimum=1) if "min_value" in bound else divisor
+    divisor = call.integer("divisor", bound["divisor"], minimum=1)
+    minimum = call.integer("min_value", bound["min_value"], minimum=1) if "min_value" in bound else divisor
     if not math.isfinite(value) or abs(value) > 2**53:
         raise call._error(OUT_OF_RANGE, "make_divisible(): argument 'value' is too large", bound["value"].span,
                           f"Received: value={format_value(value)}")

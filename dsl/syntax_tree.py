@@ -7,6 +7,7 @@ unevaluated, and a layer is any call. The compiler turns it into the typed IR.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from cnnc.dsl.diagnostics import Span
 
@@ -104,6 +105,15 @@ class TupleValue:
 
 
 @dataclass(frozen=True)
+class Given:
+    """A value evaluated already, where the compiler substitutes one into a call: the arguments a
+    layer parameter holds (`act=leaky_relu(0.2)`), the slices of a split. `span` is where it was written."""
+
+    value: Any
+    span: Span
+
+
+@dataclass(frozen=True)
 class Arg:
     """A call argument; `keyword` is None for a positional one."""
 
@@ -123,7 +133,7 @@ class Call:
 
 
 Expr = (Number | Bool | String | Name | BinaryOp | Negate | Compare | Logic | Not | Conditional | Index | TupleValue
-        | Call)
+        | Call | Given)
 
 
 # Statements -------------------------------------------------------------------------------------

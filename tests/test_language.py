@@ -220,3 +220,15 @@ def test_make_divisible_is_torchvisions(value: float, divisor: int, min_value: i
 ])
 def test_integer_helpers(expression: str, expected) -> None:
     assert value_of(expression) == expected
+
+
+def test_split_cuts_channels_into_named_slices() -> None:
+    graph = graph_of("""model m { input image(3, 8, 8)
+        x = conv(12, 1)
+        a, b = x -> split(2)
+        p, q, r = x -> split(sizes=(2, 4, 6))
+        concat(r, a)
+    }""")
+    slices = {n.name: (n.attrs["start"], n.attrs["stop"], n.shape) for n in graph.nodes if n.op == "channel_slice"}
+    assert slices == {"a": (0, 6, (6, 8, 8)), "b": (6, 12, (6, 8, 8)), "p": (0, 2, (2, 8, 8)),
+                      "q": (2, 6, (4, 8, 8)), "r": (6, 12, (6, 8, 8))}
