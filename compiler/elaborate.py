@@ -417,7 +417,13 @@ class Elaborator:
     def _layer_parameter(self, call: st.Call, scope: Scope) -> st.Call | None:
         """A constant or block parameter used as a layer (`act` with act=relu or leaky_relu(0.2)): the
         call of the layer it holds, its arguments first, then those written here."""
-        value = scope.constants[call.name].value
+        held = scope.constants[call.name]
+        value = held.value
+        layer = value.name if isinstance(value, Symbol | CallValue) else None
+        if layer is not None and layer not in OPS and layer not in self.blocks and layer != SPLIT:
+            self._unknown_layer(replace(call, name=layer, name_span=held.span), scope,
+                                f"passed as '{call.name}', which line {call.span.line} uses as a layer")
+            return None
         if isinstance(value, Symbol):
             return st.Call(value.name, call.args, call.span, call.name_span)
         if isinstance(value, CallValue):
@@ -555,7 +561,11 @@ class Elaborator:
         bound = self._bind(f"block '{block.name}'", specs, call.args, call.span, scope, evaluate_defaults=True)
         if bound is None:
             return None
-        constants = {**self.constants, **{k: v if isinstance(v, Located) else Located(v, call.span)
+        # Each argument keeps the span it was written at, so that errors about it point there.
+        positional = [a for a in call.args if a.keyword is None]
+        spans = {p.name: a.value.span for p, a in zip(block.params, positional)}
+        spans.update({a.keyword: a.value.span for a in call.args if a.keyword is not None})
+        constants = {**self.constants, **{k: v if isinstance(v, Located) else Located(v, spans.get(k, call.span))
                                            for k, v in bound.items()}}
         note = f"in block '{block.name}', instantiated as '{name}' on line {call.span.line}"
         line = scope.use_line or call.span.line
@@ -621,16 +631,16 @@ class Elaborator:
         self._error(scope, UNDEFINED_NAME, f"'{name}' is not defined", span, *notes)
         return None
 
-    def _unknown_layer(self, call: st.Call, scope: Scope) -> None:
+    def _unknown_layer(self, call: st.Call, scope: Scope, *context: str) -> None:
         layers = [*OPS, SPLIT]
         choices = [*layers, *self.blocks, *scope.tensors]
         notes = [f"did you mean '{m}'?" for m in difflib.get_close_matches(call.name, choices, n=1, cutoff=0.6)]
         if call.name in HELPERS or call.name in SHAPE_QUERIES:
             notes.append(f"{call.name}() computes a number: name it with `const value = {call.name}(...)`")
-        elif not call.args and not notes:
+        elif not call.args and not notes and not context:
             notes.append("if it is a tensor, define it first with `name = ...`")
         notes.append("layers: " + ", ".join(layers))
-        self._error(scope, UNKNOWN_LAYER, f"unknown layer '{call.name}'", call.name_span, *notes)
+        self._error(scope, UNKNOWN_LAYER, f"unknown layer '{call.name}'", call.name_span, *context, *notes)
 
     # --- values -----------------------------------------------------------------------------------
 
