@@ -427,9 +427,9 @@ class Elaborator:
         if isinstance(value, Symbol):
             return st.Call(value.name, call.args, call.span, call.name_span)
         if isinstance(value, CallValue):
-            held = tuple(st.Arg(None, st.Given(a.value, a.span), a.span) for a in value.args)
-            held += tuple(st.Arg(keyword, st.Given(a.value, a.span), a.span) for keyword, a in value.kwargs)
-            return st.Call(value.name, held + call.args, call.span, call.name_span)
+            given = tuple(st.Arg(None, st.Given(a.value, a.span), a.span) for a in value.args)
+            given += tuple(st.Arg(keyword, st.Given(a.value, a.span), a.span) for keyword, a in value.kwargs)
+            return st.Call(value.name, given + call.args, call.span, call.name_span)
         self._error(scope, NOT_A_LAYER, f"'{call.name}' is {describe(value)}, not a layer", call.name_span,
                     "a constant or parameter used as a layer must hold one, as in act=relu or act=leaky_relu(0.2)")
         return None
