@@ -345,6 +345,12 @@ class _Lowering:
     def _flatten(self, node: Node, output: str) -> str:
         return self.add("Flatten", [self.input_of(node)], output, name=node.name, axis=1)
 
+    def _channel_slice(self, node: Node, output: str) -> str:
+        starts = self.initializer(f"{node.name}/starts", np.array([node.attrs["start"]], np.int64))
+        ends = self.initializer(f"{node.name}/ends", np.array([node.attrs["stop"]], np.int64))
+        axes = self.initializer("const/axis_channels", np.array([1], np.int64))
+        return self.add("Slice", [self.input_of(node), starts, ends, axes], output, name=node.name)
+
     def _concat(self, node: Node, output: str) -> str:
         return self.add("Concat", [self.input_of(node, i) for i in range(len(node.inputs))], output,
                         name=node.name, axis=1)
@@ -656,10 +662,10 @@ def _conv_transpose(ctx: _Lowering, node: Node, output: str) -> str:
 
 
 def _upsample(ctx: _Lowering, node: Node, output: str) -> str:
-    """Resize with the scales input (roi empty, no sizes, no antialias); from opset 18 the scales cover
-    height and width only (`axes`), before that every axis (batch and channels 1). PyTorch's nearest is floor of the asymmetric coordinate out / scale; bilinear
-    with align_corners=False is half_pixel (equal to pytorch_half_pixel, as no output axis has length 1
-    unless its input has)."""
+    """Resize with the scales input (roi empty, no sizes, no antialias); from opset 18 the scales
+    cover height and width only (`axes`), before that every axis (batch and channels 1). PyTorch's
+    nearest is floor of the asymmetric coordinate out / scale; bilinear with align_corners=False is
+    half_pixel (equal to pytorch_half_pixel, as no output axis has length 1 unless its input has)."""
     if node.attrs["mode"] == "nearest":
         settings = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
     else:
@@ -709,6 +715,7 @@ LOWERINGS: dict[str, Lowering] = {
     "global_avgpool": _Lowering._global_pool,
     "global_maxpool": _Lowering._global_pool,
     "flatten": _Lowering._flatten,
+    "channel_slice": _Lowering._channel_slice,
     "batchnorm": _Lowering._batchnorm,
     "dropout": _Lowering._pass_through,
     "identity": _Lowering._pass_through,
