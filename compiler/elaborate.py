@@ -347,7 +347,8 @@ class Elaborator:
         if they would pass MAX_EXPANDED."""
         if index == 1:
             per_pass = self.expanded - before
-            self._count(0, span, scope, f"{what} of {passes} passes x {per_pass:,}", coming=(passes - 1) * per_pass)
+            self._count(0, span, scope, f"a {what} of {passes:,} passes, {per_pass:,} each",
+                        coming=(passes - 1) * per_pass)
 
     def _count(self, statements: int, span: Span, scope: Scope, what: str = "", coming: int = 0) -> None:
         """Account for `statements` about to be elaborated (and `coming` ones foreseen); past
