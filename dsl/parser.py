@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from importlib import resources
@@ -54,14 +55,15 @@ def _lark() -> Lark:
 
 
 def parse(text: str, path: str) -> tuple[st.SourceFile | None, list[Diagnostic]]:
-    """Parse one file. On a syntax error, returns no tree and one diagnostic."""
+    """Parse one file. On syntax errors, returns no tree and a diagnostic for each error found (see
+    _later_syntax_errors: the parse resumes after each one where it safely can)."""
     deepest = _nesting_beyond_limit(text, path)
     if deepest is not None:
         return None, [too_deep(path, deepest)]
     try:
         tree = _lark().parse(text)
     except UnexpectedInput as failure:
-        return None, [_syntax_diagnostic(failure, text, path)]
+        return None, [_syntax_diagnostic(failure, text, path), *_later_syntax_errors(text, path, failure)]
     try:
         return _ToSyntaxTree(path).transform(tree), []
     except VisitError as failure:
@@ -150,7 +152,7 @@ def _syntax_diagnostic(failure: UnexpectedInput, text: str, path: str) -> Diagno
 
 def _position(failure: UnexpectedInput, text: str) -> tuple[int, int]:
     if _at_end(failure):
-        lines = text.splitlines() or [""]
+        lines = text.rstrip().splitlines() or [""]  # the end of the last line with text, not of trailing blanks
         return len(lines), len(lines[-1]) + 1
     return max(1, failure.line), max(1, failure.column)
 
@@ -208,6 +210,62 @@ def _label(failure: UnexpectedInput, text: str) -> str | None:
         return failure.match_examples(_lark().parse, LABELLED_EXAMPLES, use_accepts=True)
     except UnexpectedInput:
         return None
+
+
+MAX_SYNTAX_ERRORS = 20  # reported per file; after that many, the rest is likely one mistake's echo
+
+
+def _later_syntax_errors(text: str, path: str, failure: UnexpectedInput) -> list[Diagnostic]:
+    """The syntax errors after `failure`: its line is set aside (blanked, keeping line numbers) when
+    its braces balance, else the whole top-level item (model, block, train section) around it, and
+    the rest is parsed again. Only errors on later lines count, so that setting a line aside never
+    invents one; an error at the end of the file stops the search."""
+    found: list[Diagnostic] = []
+    lines = text.split("\n")
+    while len(found) < MAX_SYNTAX_ERRORS - 1 and not _at_end(failure):
+        first, last = _statement_lines("\n".join(lines), failure)
+        if sum(_braces(text) for text in lines[first - 1:last]) != 0:
+            first, last = _item_around(lines, failure.line)
+        lines = [*lines[:first - 1], *([""] * (last - first + 1)), *lines[last:]]
+        try:
+            _lark().parse("\n".join(lines))
+            return found
+        except UnexpectedInput as again:
+            if _at_end(again) or again.line <= last:
+                return found
+            failure = again
+            found.append(_syntax_diagnostic(again, "\n".join(lines), path))
+    return found
+
+
+def _statement_lines(text: str, failure: UnexpectedInput) -> tuple[int, int]:
+    """The lines of the statement the error is in: from an unclosed '(' or '[' before it (the usual
+    cause of an error on a later line) to the error's line."""
+    offset = failure.token.start_pos if isinstance(failure, UnexpectedToken) else failure.pos_in_stream
+    before = _strip_comments(text[:offset])
+    openers = [where for where in (_unclosed(before, "(", ")"), _unclosed(before, "[", "]")) if where]
+    first = min((line for line, _ in openers), default=failure.line)
+    return min(first, failure.line), failure.line
+
+
+def _braces(line: str) -> int:
+    """`{` minus `}` on a line, outside comments and strings."""
+    code = re.sub(r'"[^"]*"', "", line.split("#", 1)[0])
+    return code.count("{") - code.count("}")
+
+
+def _item_around(lines: list[str], line: int) -> tuple[int, int]:
+    """The first and last line of the top-level item (depth 0 to depth 0) that holds `line`."""
+    depth_before = [0]
+    for text in lines:
+        depth_before.append(depth_before[-1] + _braces(text))
+    first = line
+    while first > 1 and depth_before[first - 1] > 0:
+        first -= 1
+    last = line
+    while last < len(lines) and depth_before[last] > 0:
+        last += 1
+    return first, last
 
 
 def _strip_comments(text: str) -> str:
