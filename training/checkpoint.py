@@ -151,6 +151,7 @@ def _all(values: Any, test) -> bool:
     return isinstance(values, (list, tuple)) and all(test(value) for value in values)
 
 
+_TRAINING = ("optimizer", "schedule", "position", "best", "history", "world_size", "processes")
 # Each field's expected form (what save_checkpoint writes), as a test and a description for messages.
 _FIELDS: dict[str, tuple[Any, str]] = {
     "model": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(t, torch.Tensor)
@@ -171,9 +172,8 @@ _FIELDS: dict[str, tuple[Any, str]] = {
     "test_accuracy": (lambda v: v is None or _is_number(v), "a number or None"),
     "test_loss": (lambda v: v is None or _is_number(v), "a number or None"),
     "training": (lambda v: v is None or (isinstance(v, dict) and set(_TRAINING) <= set(v)),
-                 f"None or a dict with {', '.join(('optimizer', 'position', '...'))}"),
+                 "None or a dict with optimizer, position, ..."),
 }
-_TRAINING = ("optimizer", "schedule", "position", "best", "history", "world_size", "processes")
 
 
 def _shape_problem(raw: dict) -> str | None:
