@@ -52,7 +52,7 @@ def final_target(path: str | os.PathLike) -> Path:
 
 def check_writable(path: str | os.PathLike, *, binary: bool = False) -> None:
     """Fail now, before any work, when `path` cannot be written: a directory, a missing or read-only
-    parent, no permission, or binary output to a terminal. Creates nothing."""
+    parent, no permission, or binary output to a terminal. Leaves nothing behind."""
     if _is_stdout(path):
         if binary and sys.stdout.isatty():
             raise CnncError("refusing to write a binary file to the terminal: redirect standard output, or give a file")
