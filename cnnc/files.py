@@ -114,6 +114,7 @@ def replacing(path: str | os.PathLike, *, create_parents: bool = True) -> Iterat
                 directory.mkdir(parents=True, exist_ok=True)
             elif not directory.is_dir():
                 raise CnncError(f"cannot write {path}: the directory {directory} no longer exists")
+            remove_stale_temporaries(directory, name)  # what a writer killed mid-write left of this file
             temporary = directory / f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         yield temporary
         if target is not None:
@@ -147,14 +148,15 @@ def _stream(temporary: Path, path: str | os.PathLike) -> None:
                 shutil.copyfileobj(source, sink)
 
 
-def remove_stale_temporaries(directory: Path) -> list[Path]:
+def remove_stale_temporaries(directory: Path, name: str | None = None) -> list[Path]:
     """Delete the temporary files that writers killed mid-write left in `directory` (those whose
-    process is gone); the paths removed."""
+    process is gone), only those of the file `name` if given; the paths removed."""
     removed = []
     with contextlib.suppress(OSError):
         for entry in directory.iterdir():
             match = _TEMPORARY.match(entry.name)
-            if match is None or not entry.is_file() or _alive(int(match["pid"])):
+            if match is None or (name is not None and match["name"] != name) or not entry.is_file() \
+                    or _alive(int(match["pid"])):
                 continue
             with contextlib.suppress(OSError):
                 entry.unlink()

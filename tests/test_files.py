@@ -120,3 +120,14 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path: Path) -> None:
         path.write_bytes(b"x")
     assert remove_stale_temporaries(tmp_path) == [stale]
     assert live.exists() and other.exists() and not stale.exists()
+
+
+def test_writing_a_file_removes_what_a_killed_writer_left_of_it(tmp_path: Path) -> None:
+    dead_pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                                  text=True).stdout)
+    leftover = tmp_path / f".m.onnx.{dead_pid}.0123abcd.tmp"
+    other = tmp_path / f".other.onnx.{dead_pid}.0123abcd.tmp"
+    leftover.write_bytes(b"half")
+    other.write_bytes(b"half")
+    assert main(["compile", SPEC, "-o", str(tmp_path / "m.onnx")]) == 0
+    assert not leftover.exists() and other.exists()
