@@ -22,29 +22,52 @@ GREYSCALE_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;1
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
 
 
-def read_pixels(path: str | os.PathLike, mode: str | None = None) -> tuple[np.ndarray, str]:
+def read_pixels(path: str | os.PathLike, mode: str | None = None,
+                size: tuple[int, int] | None = None) -> tuple[np.ndarray, str]:
     """(pixels, the file's own mode): (H, W) for `mode` "L", (H, W, 3) for "RGB"; with `mode` None,
-    whichever of the two suits the file. Raises CnncError for anything it cannot read faithfully."""
+    whichever of the two suits the file. The camera's orientation tag is applied, as viewers do;
+    `size` (width, height) resizes (bilinear, after scaling to 8 bits). Raises CnncError for anything
+    it cannot read faithfully."""
+    try:
+        from PIL import Image, ImageOps
+    except ImportError:
+        raise CnncError("reading image files needs Pillow: pip install pillow") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                _check_size(path, opened.size)
+                own_mode = opened.mode
+                image = ImageOps.exif_transpose(opened) if opened.getexif() else opened
+                target = mode or ("L" if own_mode in GREYSCALE_MODES else "RGB")
+                pixels = _eight_bit(path, image, target)
+                if size is not None and pixels.shape[1::-1] != size:
+                    pixels = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR))
+    except CnncError:
+        raise
+    except FileNotFoundError:
+        raise CnncError(f"image file {path} does not exist") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise CnncError(f"cannot read image {path}: {error}") from None
+    except (OSError, SyntaxError, ValueError, MemoryError) as error:
+        # ValueError covers Pillow's "Decompressed Data Too Large" for an oversized text chunk
+        raise CnncError(f"cannot read image {path}: {error}") from None
+    return pixels, own_mode
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding it."""
     try:
         from PIL import Image
     except ImportError:
         raise CnncError("reading image files needs Pillow: pip install pillow") from None
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
-                _check_size(path, image.size)
-                own_mode = image.mode
-                target = mode or ("L" if own_mode in GREYSCALE_MODES else "RGB")
-                pixels = _eight_bit(path, image, target)
-    except CnncError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise CnncError(f"cannot read the image {path}: {error}") from None
-    except (OSError, SyntaxError, ValueError, MemoryError) as error:
-        # ValueError covers Pillow's "Decompressed Data Too Large" for an oversized text chunk
-        raise CnncError(f"cannot read the image {path}: {error}") from None
-    return pixels, own_mode
+                return image.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise CnncError(f"cannot read image {path}: {error}") from None
 
 
 def _check_size(path: str | os.PathLike, size: tuple[int, int]) -> None:

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import warnings
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cnnc.errors import CnncError, UsageError
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from cnnc.runtime.model import Model, Prediction
 
 PROVIDER_CHOICES = ("auto", "cpu", "cuda")  # as cnnc.runtime.providers, which imports onnxruntime
@@ -28,7 +32,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         description="Classify image files with an exported .onnx model, one line (or JSON object) per image.",
     )
     predict.add_argument("model", metavar="MODEL.onnx", type=Path)
-    predict.add_argument("images", metavar="IMAGE", nargs="+", type=Path, help="image files, as big as the model's input")
+    predict.add_argument("images", metavar="IMAGE", nargs="+", type=Path,
+                         help="image files, or directories of them (searched recursively), as big as the model's input")
+    predict.add_argument("--resize", action="store_true",
+                         help="resize each image to the model's input size (bilinear) instead of refusing other sizes")
     predict.add_argument("--top-k", type=_positive_int, default=1, metavar="K", help="also show the K most likely labels")
     predict.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
     _add_provider_option(predict)
@@ -49,8 +56,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="mnist, fashion_mnist, cifar10, xo, folder or npz (default: the dataset the model was trained on)",
     )
     evaluate.add_argument("--limit", type=_positive_int, metavar="N", help="evaluate the first N test images only")
-    evaluate.add_argument("--download", action="store_true",
-                          help="fetch missing standard dataset files from their canonical location (checksummed)")
+    evaluate.add_argument("--no-download", dest="download", action="store_false",
+                          help="never download: fail when a standard dataset's files are missing (by default they are "
+                               "fetched on first use into the data root and checksummed)")
+    evaluate.add_argument("--download", action="store_true", help=argparse.SUPPRESS)  # the default now
     evaluate.add_argument("--json", action="store_true", help='print {"accuracy": ..., "n": ...}')
     _add_provider_option(evaluate)
     evaluate.set_defaults(handler=_evaluate)
@@ -70,17 +79,73 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    """Label every readable image; an unreadable one is reported and the others still labelled (exit 1)."""
     _require_files("model file", [args.model])
-    _require_files("image file", args.images)
+    files = _image_files(args.images)
     model = _load(args.model, args.provider)
-    predictions = model.classify([str(path) for path in args.images], top_k=args.top_k)
+    channels, height, width = model.input_shape
+    if channels is None:
+        raise CnncError(f"{model.path} does not say how many channels its input takes, so it cannot label images")
+    if args.resize and (height is None or width is None):
+        raise UsageError(f"--resize needs a model with a fixed input size; {model.path} takes any size")
+    named, failed = [], 0
+    for path in files:
+        try:
+            named.append((str(path), _read_for(model, path, args.resize)))
+        except CnncError as error:
+            print(f"cnnc predict: error: {error}", file=sys.stderr)
+            failed += 1
+    predictions = model.classify([pixels for _, pixels in named], top_k=args.top_k) if named else []
+    predictions = [replace(prediction, input=name) for prediction, (name, _) in zip(predictions, named)]
     if args.json:
         print(json.dumps([_prediction_json(prediction) for prediction in predictions], indent=2))
-    else:
-        width = max(len(prediction.input) for prediction in predictions)
+    elif predictions:
+        width_of_names = max(len(prediction.input) for prediction in predictions)
         for prediction in predictions:
-            print(_prediction_line(prediction, width))
-    return 0
+            print(_prediction_line(prediction, width_of_names))
+    if failed:
+        print(f"cnnc predict: {failed} of {len(files)} images could not be labelled (see above)", file=sys.stderr)
+    return 1 if failed else 0
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def _image_files(paths: Sequence[Path]) -> list[Path]:
+    """The files named, with each directory replaced by the image files below it (sorted)."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                raise UsageError(f"the directory {path} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+            files += found
+        else:
+            _require_files("image file", [path])
+            files.append(path)
+    return files
+
+
+def _read_for(model: Model, path: Path, resize: bool) -> np.ndarray:
+    """The image's uint8 H x W x C pixels for `model`, saying what was converted or resized."""
+    from cnnc.runtime.images import original_size, read_image_file
+
+    channels, height, width = model.input_shape
+    assert channels is not None
+    original = original_size(str(path))
+    size = (width, height) if resize and (width, height) != original else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pixels = read_image_file(str(path), channels, size)
+    for warning in caught:
+        print(f"cnnc predict: note: {warning.message}", file=sys.stderr)
+    if size is not None:
+        print(f"cnnc predict: note: {path}: resized from {original[0]}x{original[1]} to {width}x{height}",
+              file=sys.stderr)
+    elif (height is not None and pixels.shape[1] != height) or (width is not None and pixels.shape[2] != width):
+        raise CnncError(f"image {path} is {pixels.shape[1]}x{pixels.shape[2]} (height x width) but the model takes "
+                        f"{height}x{width} images; resize it first, or pass --resize")
+    return pixels.transpose(1, 2, 0)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -95,7 +160,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     name = args.dataset or model.metadata.get(DATASET_KEY)
     if not name:
         raise UsageError(f"{args.model} does not name the dataset it was trained on; pass --dataset")
-    dataset = load_dataset(name, "test", args.data, download=args.download).subset(args.limit)
+    dataset = load_dataset(name, "test", args.data, download=args.download,
+                           download_hint="run cnnc eval without --no-download").subset(args.limit)
     _check_compatible(model, name, dataset.image_shape, len(dataset.classes))
     score = accuracy(model, dataset.images, dataset.labels)
     if args.json:

@@ -9,12 +9,14 @@ A 3-dimensional array is one H x W x C image when its last axis is C, 3 or 4 (so
 image given to a grayscale model is reported as such), else N grayscale images. A 4-dimensional
 array is N x C x H x W (as `cnnc.datasets` stores images) when its second axis is C and its last
 is not, else N x H x W x C.
-Images are never resized: a size or channel mismatch is an error that names both.
+Images are resized only when asked (`cnnc predict --resize`): otherwise a size mismatch is an error
+that names both sizes. A file converted between RGB and grayscale says so (an ImageConversion warning).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Union
 
@@ -81,23 +83,33 @@ def _single_image(item: object, index: int, shape: tuple[int, int | None, int | 
     return name, pixels
 
 
-def read_image_file(path: str, channels: int) -> np.ndarray:
-    """The file's pixels as uint8 C x H x W, converted to grayscale or RGB to match `channels`."""
+class ImageConversion(UserWarning):
+    """An image file was converted to fit the model: colour to grayscale or back, or resized."""
+
+
+def read_image_file(path: str, channels: int, size: tuple[int, int] | None = None) -> np.ndarray:
+    """The file's pixels as uint8 C x H x W, converted to grayscale or RGB to match `channels` (16-bit
+    images scaled to 8 bits, float ones refused: see cnnc.pixels), resized to `size` (width, height)
+    if given. A conversion is stated as an ImageConversion warning, never silent."""
     if channels not in _PILLOW_MODES:
-        raise CnncError(f"image files can be read for 1-channel (grayscale) or 3-channel (RGB) models; this model takes {channels} channels")
-    try:
-        from PIL import Image, ImageOps, UnidentifiedImageError
-    except ImportError:
-        raise CnncError("reading image files needs Pillow: pip install pillow") from None
-    try:
-        with Image.open(path) as image:
-            # Honour the camera's orientation tag, as image viewers do.
-            pixels = np.asarray(ImageOps.exif_transpose(image).convert(_PILLOW_MODES[channels]))
-    except FileNotFoundError:
-        raise CnncError(f"image file {path} does not exist") from None
-    except (UnidentifiedImageError, OSError) as error:
-        raise CnncError(f"cannot read image {path}: {error}") from None
+        raise CnncError(f"image files can be read for 1-channel (grayscale) or 3-channel (RGB) models; "
+                        f"this model takes {channels} channels")
+    from cnnc.pixels import GREYSCALE_MODES, read_pixels
+
+    target = _PILLOW_MODES[channels]
+    pixels, own_mode = read_pixels(path, target, size)
+    own = "L" if own_mode in GREYSCALE_MODES else "RGB"
+    if own != target:
+        warnings.warn(ImageConversion(f"{path} is {_COLOUR_NAMES[3 if own == 'RGB' else 1]}: converted to "
+                                      f"{_COLOUR_NAMES[channels]} for this {channels}-channel model"), stacklevel=2)
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+
+
+def original_size(path: str) -> tuple[int, int]:
+    """(width, height) of an image file, read from its header (nothing is decoded)."""
+    from cnnc.pixels import image_size
+
+    return image_size(path)
 
 
 def _check_pixels(what: str, dtype: np.dtype, chw: tuple[int, ...], shape: tuple[int, int | None, int | None]) -> None:

@@ -28,9 +28,27 @@ def accuracy(model: Model, images: np.ndarray, labels: np.ndarray) -> float:
     correct = 0
     for start in range(0, len(images), model.batch_size):
         chunk = slice(start, start + model.batch_size)
-        predicted = model.predict(model.preprocess(images[chunk])).argmax(axis=1)
+        output = model.predict(model.preprocess(images[chunk]))
+        if output.ndim != 2:
+            raise CnncError(f"{model.path} outputs a {output.ndim}-dimensional tensor of shape {output.shape}; "
+                            "a classifier's output is (N, classes)")
+        predicted = output.argmax(axis=1)
         correct += int((predicted == labels[chunk]).sum())
     return correct / len(images)
+
+
+# The most input a benchmark allocates (uint8 pixels and their float32 batch): a model that declares a
+# huge input must not make `cnnc bench` exhaust the machine's memory before it times anything.
+MAX_BENCH_INPUT_BYTES = 4 * 2**30
+
+
+def _check_affordable(model: Model, batch_size: int, pixels_per_image: int) -> None:
+    needed = batch_size * pixels_per_image * (1 + 4)  # uint8 pixels, then float32
+    if needed > MAX_BENCH_INPUT_BYTES:
+        channels, height, width = model.input_shape
+        raise CnncError(f"{model.path} takes {channels}x{height}x{width} inputs: a batch of {batch_size} needs "
+                        f"{needed / 2**30:,.1f} GiB of input, over the {MAX_BENCH_INPUT_BYTES / 2**30:.0f} GiB "
+                        "cnnc bench allocates; benchmark a smaller batch or input")
 
 
 def latency(model: Model, batch_size: int, iterations: int, warmup: int) -> LatencyStats:
@@ -38,6 +56,7 @@ def latency(model: Model, batch_size: int, iterations: int, warmup: int) -> Late
     channels, height, width = model.input_shape
     if channels is None or height is None or width is None:
         raise CnncError(f"{model.path} accepts inputs of any size ({model.input_shape}), so there is no input size to time")
+    _check_affordable(model, batch_size, channels * height * width)
     # Random pixels rather than zeros: some kernels take shortcuts on zeros.
     pixels = np.random.default_rng(0).integers(0, 256, (batch_size, channels, height, width), dtype=np.uint8)
     batch = model.preprocess(pixels)

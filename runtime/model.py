@@ -105,6 +105,9 @@ class Model:
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities (N, classes) for a preprocessed float batch (N, C, H, W)."""
         output = self.predict(batch)
+        if output.ndim != 2:  # a model from elsewhere whose output is not (N, classes)
+            raise CnncError(f"{self.path} outputs a {output.ndim}-dimensional tensor of shape {output.shape}; "
+                            "a classifier's output is (N, classes)")
         return softmax(output) if self.output_kind == "logits" else output
 
     def preprocess(self, images: ImageInput) -> np.ndarray:
@@ -222,6 +225,9 @@ def _signature(session: ort.InferenceSession, metadata: dict[str, str]) -> tuple
     if declared is not None and any(size not in (None, want) for size, want in zip(graph_shape, declared)):
         raise CnncError(f"metadata 'cnnc.input_shape' {list(declared)} contradicts the graph's input shape {inputs[0].shape}")
     output_shape = outputs[0].shape
+    if output_shape and len(output_shape) != 2:  # a shape the graph declares; an unknown one is checked per run
+        raise CnncError(f"the model outputs a {len(output_shape)}-dimensional tensor {output_shape}; a classifier's "
+                        "output is [N, classes]")
     classes = _fixed_size(output_shape[1]) if len(output_shape) == 2 else None
     return inputs[0].name, declared or graph_shape, outputs[0].name, classes
 

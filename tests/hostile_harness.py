@@ -4,7 +4,7 @@
 
 CASES.json is a list of {"id", "argv"}. Each command runs through cnnc.cli.main with its output
 captured; the result records the exit code, the stderr text, whether an exception escaped (a
-traceback), the seconds it took and the process's peak resident memory (ru_maxrss) after it. The
+traceback), the seconds it took (wall and CPU) and the process's peak resident memory (ru_maxrss) after it. The
 peak never goes down, so a case that allocated too much shows in its own figure and every later one.
 The caller sets RLIMIT_AS on this process, so that a case that tries to allocate gigabytes fails
 here instead of exhausting the machine.
@@ -25,11 +25,16 @@ def peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run(argv: list[str]) -> dict:
     from cnnc.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), cpu_seconds()
     escaped = None
     code: int | str | None
     try:
@@ -40,7 +45,8 @@ def run(argv: list[str]) -> dict:
     except BaseException:  # noqa: BLE001 - what escapes main is exactly what the suite looks for
         code, escaped = None, traceback.format_exc()
     return {"code": code, "stderr": err.getvalue()[-4000:], "stdout": out.getvalue()[-4000:],
-            "traceback": escaped, "seconds": time.perf_counter() - started, "peak_mib": peak_mib()}
+            "traceback": escaped, "seconds": time.perf_counter() - started, "cpu_seconds": cpu_seconds() - cpu_started,
+            "peak_mib": peak_mib()}
 
 
 def main() -> None:

@@ -383,7 +383,7 @@ def test_folder_unreadable_image_is_named(tmp_path: Path) -> None:
     broken = tmp_path / "b" / "broken.png"
     broken.parent.mkdir()
     broken.write_bytes(b"\x89PNG garbage, not an image")
-    with pytest.raises(CnncError, match=rf"cannot read the image {broken}"):
+    with pytest.raises(CnncError, match=rf"cannot read image {broken}"):
         load_dataset("folder", "train", path=tmp_path)
 
 

@@ -126,7 +126,7 @@ def fake_test_set(monkeypatch, images: np.ndarray, labels: np.ndarray, classes=t
     """Make load_dataset return these images; returns the calls it received."""
     calls = []
 
-    def load_dataset(name, split, data_dir=None, download=False):
+    def load_dataset(name, split, data_dir=None, download=False, download_hint=None):
         calls.append((name, split, data_dir))
         return Dataset(name, split, np.ascontiguousarray(images), labels.astype(np.int64), classes)
 
