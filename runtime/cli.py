@@ -133,7 +133,7 @@ def _read_for(model: Model, path: Path, resize: bool) -> np.ndarray:
     channels, height, width = model.input_shape
     assert channels is not None
     original = original_size(str(path))
-    size = (width, height) if resize and (width, height) != original else None
+    size = (width, height) if resize and width and height and (width, height) != original else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         pixels = read_image_file(str(path), channels, size)
