@@ -30,6 +30,11 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _ends(text: str) -> str:
+    """The start and the end of a long output (the first error and the summary)."""
+    return text if len(text) <= 6000 else f"{text[:3000]}\n[...]\n{text[-3000:]}"
+
+
 def run(argv: list[str]) -> dict:
     from cnnc.cli import main
 
@@ -44,7 +49,7 @@ def run(argv: list[str]) -> dict:
         code = exit_.code
     except BaseException:  # noqa: BLE001 - what escapes main is exactly what the suite looks for
         code, escaped = None, traceback.format_exc()
-    return {"code": code, "stderr": err.getvalue()[-4000:], "stdout": out.getvalue()[-4000:],
+    return {"code": code, "stderr": _ends(err.getvalue()), "stdout": _ends(out.getvalue()),
             "traceback": escaped, "seconds": time.perf_counter() - started, "cpu_seconds": cpu_seconds() - cpu_started,
             "peak_mib": peak_mib()}
 

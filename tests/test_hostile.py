@@ -237,11 +237,15 @@ def _onnx_model(path: Path, output_rank: int | None, input_shape: list) -> None:
 
 
 def foreign_model(output_rank: int, command: str) -> Callable[[Path], list[str]]:
+    """A model that takes the images given (xo's 28x28 for eval) but whose output is not (N, classes)."""
     def build(d: Path) -> list[str]:
-        _onnx_model(d / "m.onnx", output_rank, ["N", 1, 8, 8])
+        from PIL import Image
+
         if command == "eval":
+            _onnx_model(d / "m.onnx", output_rank, ["N", 1, 28, 28])
             return ["eval", str(d / "m.onnx"), "--dataset", "xo", "--limit", "8"]
-        png_header_only(d / "a.png", 8, 8)
+        _onnx_model(d / "m.onnx", output_rank, ["N", 1, 8, 8])
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(d / "a.png")
         return ["predict", str(d / "m.onnx"), str(d / "a.png")]
     return build
 
@@ -285,6 +289,24 @@ RUNTIME_CASES: dict[str, Callable[[Path], list[str]]] = {
 }
 
 
+# What each case's message must say: the reason it fails, not some earlier problem with its input.
+EXPECTED = {
+    "repeat-1024-cubed": "error[E025]", "blocks-doubling-40-times": "error[E025]", "power-tower": "256 bits",
+    "float-overflow": "overflows", "parentheses-100000-deep": "nest more than 100 levels",
+    "braces-3000-deep": "nest more than 100 levels", "include-etc-passwd": "only .cnn files",
+    "include-proc-environ": "only .cnn files", "include-name-too-long": "more than a file name can be",
+    "gzip-bomb-idx": "decompression stopped", "npz-label-1e9": "cnnc allows up to 100,000",
+    "npz-header-713-tib": "(713 TiB), but holds", "npz-zip-bomb": "refusing a decompression bomb",
+    "folder-image-9000x9000": "nothing was decoded", "folder-float-images": "floating-point pixels",
+    "checkpoint-bit-flip": "fails its CRC-32 check", "checkpoint-wrong-types": "damaged cnnc checkpoint",
+    "checkpoint-spec-path-elsewhere": "stored sources do not hold", "predict-1d-output": "1-dimensional tensor",
+    "predict-4d-output": "4-dimensional tensor", "eval-1d-output": "1-dimensional tensor",
+    "eval-4d-output": "4-dimensional tensor", "bench-3x100000x100000-input": "needs 139.7 GiB of input",
+    "predict-image-9000x9000": "nothing was decoded", "predict-image-100000x100000": "Image size",
+    "predict-float-tiff": "floating-point pixels",
+}
+
+
 # --- running the groups ---------------------------------------------------------------------------
 
 def start_group(directory: Path, cases: dict[str, Callable[[Path], list[str]]], warm: list[str],
@@ -315,6 +337,7 @@ def assert_clean(results: dict, case: str) -> None:
     assert result["code"] == 1, result
     said = result["stderr"] + result["stdout"]  # check prints its diagnostics on stdout
     assert "error" in said and "Traceback" not in said, said
+    assert EXPECTED.get(case, "") in said, said
     grown = result["peak_mib"] - results["baseline_mib"]
     assert grown < CASE_MIB, f"{case}: peak memory grew by {grown:.0f} MiB"
     assert result["cpu_seconds"] < CASE_CPU_SECONDS, f"{case}: took {result['cpu_seconds']:.1f}s of CPU"
