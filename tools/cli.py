@@ -1,0 +1,25 @@
+"""`cnnc fmt`, `cnnc lsp` and `cnnc draw`: tools for writing specs. Nothing heavy is imported here, so
+that `cnnc check` stays fast; each handler loads what it needs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    draw = subparsers.add_parser("draw", help="draw the network as an SVG (or PNG) picture")
+    draw.add_argument("spec", metavar="SPEC")
+    draw.add_argument("-o", "--output", metavar="FILE", required=True, help="the picture: FILE.svg or FILE.png")
+    draw.add_argument("--format", choices=("svg", "png"), default=None,
+                      help="the picture's format (default: from the file's suffix)")
+    draw.add_argument("--collapse-blocks", action="store_true", help="draw each block instance as one box")
+    draw.set_defaults(handler=run_draw)
+
+
+def run_draw(args: argparse.Namespace) -> int:
+    from cnnc.tools.draw import draw_file
+
+    draw_file(args.spec, args.output, args.collapse_blocks, args.format)
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
