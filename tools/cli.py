@@ -16,10 +16,26 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     draw.add_argument("--collapse-blocks", action="store_true", help="draw each block instance as one box")
     draw.set_defaults(handler=run_draw)
 
+    lsp = subparsers.add_parser("lsp", help="run the language server (LSP over stdin and stdout) for editors")
+    lsp.set_defaults(handler=run_lsp)
+
 
 def run_draw(args: argparse.Namespace) -> int:
     from cnnc.tools.draw import draw_file
 
     draw_file(args.spec, args.output, args.collapse_blocks, args.format)
     print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def run_lsp(args: argparse.Namespace) -> int:
+    try:
+        from cnnc.tools.lsp import main
+    except ModuleNotFoundError as missing:
+        if missing.name not in ("pygls", "lsprotocol"):
+            raise
+        from cnnc.errors import CnncError
+
+        raise CnncError(f"the language server needs {missing.name}: pip install 'cnnc[tools]'") from None
+    main()
     return 0

@@ -138,7 +138,7 @@ def _node_box(node: Node, dead: set[str]) -> Box:
     if node.op == "input":
         op, family, merge = f"input {node.attrs['dtype']}", "input", False
     else:
-        op, family, merge = _describe(node), OPS[node.op].family, OPS[node.op].is_merge
+        op, family, merge = describe_node(node), OPS[node.op].family, OPS[node.op].is_merge
         if title.startswith(node.op) and title[len(node.op):].isdigit():
             op = op[len(node.op):].strip()  # an automatic name already says the op
     detail = _shape(node.shape) + (f"  {_count(node.params + node.non_trainable)} params" if node.params
@@ -168,7 +168,7 @@ def _groups_of(name: str) -> tuple[str, ...]:
     return tuple(".".join(parts[:i + 1]) for i in range(len(parts)))
 
 
-def _describe(node: Node) -> str:
+def describe_node(node: Node) -> str:
     text = node.op
     kernel = node.attrs.get("kernel")
     if kernel is not None:
