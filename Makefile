@@ -36,6 +36,7 @@ test: setup lint
 TYPECHECK := build/typecheck
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/cnnc fmt --check specs
 	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/cnnc
 	for stage in dsl compiler datasets training export runtime tools; do ln -s ../../../$$stage $(TYPECHECK)/cnnc/$$stage; done
 	for file in cnnc/*.py; do ln -s ../../../$$file $(TYPECHECK)/cnnc/; done

@@ -58,7 +58,7 @@ def test_a_session(session) -> None:
     uri = spec.as_uri()
     assert capabilities["hoverProvider"] and capabilities["definitionProvider"]
     assert "(" in capabilities["completionProvider"]["triggerCharacters"]
-    # FORMATTING assert capabilities["documentFormattingProvider"]
+    assert capabilities["documentFormattingProvider"]
 
     # diagnostics: those of `cnnc check`, with the notes as related information
     client.notify("textDocument/didOpen",
@@ -161,3 +161,24 @@ def test_errors_in_an_included_file_go_to_that_file(session) -> None:
     span = next(d.span for d in expected if d.code == "E001")
     assert syntax["code"] == "E001" and syntax["range"]["start"]["line"] == span.line - 1
     assert span.path.endswith("lib/blocks.cnn")
+
+
+def test_formatting(session) -> None:
+    client, spec, _ = session
+    uri = spec.as_uri()
+    messy = FIXED.replace("    stem = conv(WIDTH, kernel=3, padding=same) -> relu",
+                          "  stem=conv( WIDTH,kernel = 3,padding=same )->relu   # the stem")
+    client.notify("textDocument/didOpen",
+                  {"textDocument": {"uri": uri, "languageId": "cnn", "version": 1, "text": messy}})
+    client.wait_for("textDocument/publishDiagnostics", uri)
+    [edit] = client.request("textDocument/formatting", {"textDocument": {"uri": uri},
+                                                        "options": {"tabSize": 4, "insertSpaces": True}})
+    lines = messy.split("\n")
+    assert edit["range"] == {"start": {"line": 0, "character": 0},
+                             "end": {"line": len(lines) - 1, "character": len(lines[-1])}}
+    assert edit["newText"] == FIXED.replace("-> relu\n", "-> relu  # the stem\n", 1)
+    client.notify("textDocument/didChange", {"textDocument": {"uri": uri, "version": 2},
+                                             "contentChanges": [{"text": FIXED}]})
+    client.wait_for("textDocument/publishDiagnostics", uri)
+    assert client.request("textDocument/formatting", {"textDocument": {"uri": uri},
+                                                      "options": {"tabSize": 4, "insertSpaces": True}}) == []

@@ -8,6 +8,12 @@ import sys
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    fmt = subparsers.add_parser("fmt", help="format .cnn files in place (canonical layout; comments kept)")
+    fmt.add_argument("paths", nargs="+", metavar="PATH", help=".cnn files or folders of them; - reads stdin")
+    fmt.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file would change")
+    fmt.add_argument("--diff", action="store_true", help="write nothing; print the changes as a unified diff")
+    fmt.set_defaults(handler=run_fmt)
+
     draw = subparsers.add_parser("draw", help="draw the network as an SVG (or PNG) picture")
     draw.add_argument("spec", metavar="SPEC")
     draw.add_argument("-o", "--output", metavar="FILE", required=True, help="the picture: FILE.svg or FILE.png")
@@ -18,6 +24,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
     lsp = subparsers.add_parser("lsp", help="run the language server (LSP over stdin and stdout) for editors")
     lsp.set_defaults(handler=run_lsp)
+
+
+def run_fmt(args: argparse.Namespace) -> int:
+    from cnnc.tools.fmt_cli import run
+
+    return run(args.paths, check=args.check, diff=args.diff)
 
 
 def run_draw(args: argparse.Namespace) -> int:

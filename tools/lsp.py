@@ -21,7 +21,9 @@ from cnnc.compiler.arguments import REQUIRED, ArgSpec, Bool, Padding
 from cnnc.compiler.ir import Node
 from cnnc.compiler.ops import OPS
 from cnnc.dsl.diagnostics import Diagnostic, Severity, Span
+from cnnc.errors import CnncError
 from cnnc.tools import analysis as an
+from cnnc.tools.fmt import format_text
 from cnnc.tools.layout import describe_node
 
 KEYWORDS = ("input", "output", "repeat", "const", "init", "include", "block", "model", "train")
@@ -298,6 +300,23 @@ def _name_items(visible: dict[str, an.Definition], kinds: tuple[str, ...]) -> li
                "parameter": lsp.CompletionItemKind.Variable}
     return [lsp.CompletionItem(name, kind=kind_of[d.kind], detail=f"{d.kind}: {d.detail}")
             for name, d in visible.items() if d.kind in kinds]
+
+
+# --- formatting --------------------------------------------------------------------------------------
+
+@server.feature(lsp.TEXT_DOCUMENT_FORMATTING)
+def formatting(ls: CnnServer, params: lsp.DocumentFormattingParams) -> list[lsp.TextEdit] | None:
+    """The whole document replaced by its `cnnc fmt` layout; nothing while it does not parse."""
+    source = ls.workspace.get_text_document(params.text_document.uri).source
+    try:
+        formatted = format_text(source, _path(params.text_document.uri))
+    except CnncError:
+        return None
+    if formatted == source:
+        return []
+    lines = source.split("\n")
+    end = lsp.Position(len(lines) - 1, len(lines[-1]))
+    return [lsp.TextEdit(lsp.Range(lsp.Position(0, 0), end), formatted)]
 
 
 def main() -> None:
