@@ -69,6 +69,10 @@ def test_layout_geometry(spec: Path, collapse: bool) -> None:
         assert ys[0] == by_key[edge.source].y + by_key[edge.source].height and ys[-1] == by_key[edge.target].y
     for group in drawing.groups:
         frame = (group.x, group.y, group.width, group.height)
+        for inner in drawing.groups:
+            if inner.key.startswith(group.key + "."):   # a nested frame lies within its parent
+                assert group.x < inner.x and inner.x + inner.width < group.x + group.width
+                assert group.y < inner.y and inner.y + inner.height < group.y + group.height
         for box in boxes:
             if group.key in box.groups:
                 assert group.x < box.x and box.x + box.width < group.x + group.width

@@ -452,16 +452,20 @@ def _groups(boxes: dict[str, Box], block_names: dict[str, str]) -> tuple[Group, 
     for box in boxes.values():
         for group in box.groups:
             members.setdefault(group, []).append(box)
-    groups = []
-    for key, inside in members.items():
+    groups: dict[str, Group] = {}
+    for key in sorted(members, key=lambda k: -k.count(".")):   # inner frames first: outer ones hold them
+        inside = members[key]
         depth = key.count(".")
         label = _label(key, block_names)
         left, right = _frame_x(key, label, [(b.x, b.x + b.width, b.groups) for b in inside])
         pad = _frame_pad(key, [b.groups for b in inside])
         top = min(b.y for b in inside) - pad - GROUP_LABEL * (1 + _nested_label_rows(key, inside))
         bottom = max(b.y + b.height for b in inside) + pad
-        groups.append(Group(key, label, depth, left, top, right - left, bottom - top))
-    return tuple(sorted(groups, key=lambda g: g.depth))
+        for inner in (g for g in groups.values() if g.key.startswith(key + ".") and g.depth == depth + 1):
+            left, right = min(left, inner.x - GROUP_PAD), max(right, inner.x + inner.width + GROUP_PAD)
+            bottom = max(bottom, inner.y + inner.height + GROUP_PAD)
+        groups[key] = Group(key, label, depth, left, top, right - left, bottom - top)
+    return tuple(sorted(groups.values(), key=lambda g: g.depth))
 
 
 def _label(key: str, block_names: dict[str, str]) -> str:
