@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from fuzzing import mutate
+from test_goldens import split_cases
 
 from cnnc.cli import main
 from cnnc.dsl.parser import parse
@@ -19,7 +20,11 @@ from cnnc.tools.fmt import format_text
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = sorted([*(ROOT / "specs").rglob("*.cnn"), *(ROOT / "tests" / "specs").rglob("*.cnn"),
                   *(ROOT / "tests" / "errors").rglob("*.cnn")])
-PARSEABLE = [p for p in SOURCES if parse(p.read_text(), str(p))[0] is not None]
+# Every file, and every `# case:` of the golden error inputs, that parses.
+TEXTS = {str(p.relative_to(ROOT)): p.read_text() for p in SOURCES}
+TEXTS |= {f"{p.relative_to(ROOT)}: {title}": text for p in SOURCES if p.parent.name == "errors"
+          for title, text in split_cases(p.read_text())}
+PARSEABLE = {name: text for name, text in TEXTS.items() if parse(text, name)[0] is not None}
 FUZZ_ROUNDS = 250
 
 
@@ -37,17 +42,18 @@ def _assert_safe_and_idempotent(text: str, path: str) -> str:
 
 
 def test_the_corpus_holds_every_kind_of_file() -> None:
-    assert {p.parent.name for p in PARSEABLE} >= {"specs", "lib", "errors"}
+    assert any(name.startswith("specs/lib/") for name in PARSEABLE)
+    assert sum(": " in name for name in PARSEABLE) >= 20     # golden error cases that parse
 
 
-@pytest.mark.parametrize("path", PARSEABLE, ids=lambda p: str(p.relative_to(ROOT)))
-def test_every_file_formats_safely(path: Path) -> None:
-    _assert_safe_and_idempotent(path.read_text(), str(path))
+@pytest.mark.parametrize("name", PARSEABLE)
+def test_every_file_formats_safely(name: str) -> None:
+    _assert_safe_and_idempotent(PARSEABLE[name], name)
 
 
 def test_fuzz_mutations_that_parse_format_safely() -> None:
     rng = random.Random(11)
-    texts = [p.read_text() for p in PARSEABLE]
+    texts = list(PARSEABLE.values())
     formatted = 0
     for _ in range(FUZZ_ROUNDS):
         text = mutate(rng.choice(texts), rng)
