@@ -47,7 +47,12 @@ def _rect(box) -> tuple[float, float, float, float]:
 @pytest.mark.parametrize("spec", MODEL_SPECS, ids=lambda p: str(p.relative_to(ROOT)))
 @pytest.mark.parametrize("collapse", [False, True], ids=["groups", "collapsed"])
 def test_layout_geometry(spec: Path, collapse: bool) -> None:
-    graph, drawing = _drawing(spec, collapse)
+    _check_geometry(*_drawing(spec, collapse), collapse)
+
+
+def _check_geometry(graph: Graph, drawing: Drawing, collapse: bool) -> None:
+    """Boxes inside the picture and apart, text inside boxes, edges downwards from box to box, frames
+    around their members (and nested frames), and no other box inside a frame."""
     boxes = drawing.boxes
     if not collapse:
         assert sorted(b.key for b in boxes) == sorted(n.name for n in graph.nodes)
@@ -79,6 +84,66 @@ def test_layout_geometry(spec: Path, collapse: bool) -> None:
                 assert group.y < box.y and box.y + box.height < group.y + group.height
             else:
                 assert not _overlap(frame, _rect(box)), (group.key, box.key)
+
+
+# DenseNet-121 and ResNet-50 (torchvision's layer structure), for the size of the pictures.
+DENSENET121 = """
+block dense_layer() {
+    new = in -> batchnorm -> relu -> conv(128, 1, bias=false) -> batchnorm -> relu -> conv(32, 3, padding=1, bias=false)
+    concat(in, new)
+}
+block transition(channels) { batchnorm -> relu -> conv(channels // 2, 1, bias=false) -> avgpool(2) }
+model densenet121 {
+    input image(3, 224, 224)
+    conv(64, 7, stride=2, padding=3, bias=false) -> batchnorm -> relu -> maxpool(3, stride=2, padding=1)
+    repeat 6 { dense_layer }
+    transition(256)
+    repeat 12 { dense_layer }
+    transition(512)
+    repeat 24 { dense_layer }
+    transition(1024)
+    repeat 16 { dense_layer }
+    batchnorm -> relu -> global_avgpool -> dense(1000)
+}
+"""
+RESNET50 = """
+block bottleneck(width) {
+    main = conv(width, 1, bias=false) -> batchnorm -> relu -> conv(width, 3, padding=1, bias=false) -> batchnorm
+        -> relu -> conv(width * 4, 1, bias=false) -> batchnorm
+    add(main, in) -> relu
+}
+block bottleneck_down(width, stride) {
+    main = conv(width, 1, bias=false) -> batchnorm -> relu -> conv(width, 3, stride=stride, padding=1, bias=false)
+        -> batchnorm -> relu -> conv(width * 4, 1, bias=false) -> batchnorm
+    shortcut = in -> conv(width * 4, 1, stride=stride, bias=false) -> batchnorm
+    add(main, shortcut) -> relu
+}
+model resnet50 {
+    input image(3, 224, 224)
+    conv(64, 7, stride=2, padding=3, bias=false) -> batchnorm -> relu -> maxpool(3, stride=2, padding=1)
+    bottleneck_down(64, 1); repeat 2 { bottleneck(64) }
+    bottleneck_down(128, 2); repeat 3 { bottleneck(128) }
+    bottleneck_down(256, 2); repeat 5 { bottleneck(256) }
+    bottleneck_down(512, 2); repeat 2 { bottleneck(512) }
+    global_avgpool -> dense(1000)
+}
+"""
+
+
+@pytest.mark.parametrize("text,params,instances", [(DENSENET121, 7_978_856, 61), (RESNET50, 25_557_032, 16)],
+                         ids=["densenet121", "resnet50"])
+def test_large_networks_stay_readable(text: str, params: int, instances: int, tmp_path: Path) -> None:
+    spec = tmp_path / "net.cnn"
+    spec.write_text(text)
+    graph, drawing = _drawing(spec)
+    assert graph.trainable_params == params   # torchvision's count: the spec is the real network
+    _check_geometry(graph, drawing, collapse=False)
+    widest = max(b.width for b in drawing.boxes)
+    assert drawing.width < 3 * widest + 200    # the main line stays straight: no drift across the page
+    assert len([g for g in drawing.groups if g.depth == 0]) == instances
+    _, collapsed = _drawing(spec, collapse=True)
+    assert len(collapsed.boxes) == instances + len([n for n in graph.nodes if "." not in n.name])
+    assert collapsed.height < drawing.height / 4
 
 
 def test_blocks_are_labelled_groups_or_single_boxes() -> None:

@@ -109,7 +109,8 @@ def layout(graph: Graph, block_names: dict[str, str] | None = None, collapse_blo
     placed = {key: _place_box(box, items[key], tops) for key, box in boxes.items()}
     edges = tuple(_edge(source, target, placed, items, chains, tops, inputs)
                   for target in order for source in inputs[target])
-    groups = _groups(placed, block_names)
+    waypoints = [(item.x, item.groups) for item in items.values() if item.is_waypoint and item.groups]
+    groups = _groups(placed, block_names, waypoints)
     return _normalised(graph, tuple(placed.values()), edges, groups)
 
 
@@ -447,7 +448,9 @@ def _entry_x(source: str, target: str, items: dict[str, _Item], chains: dict[tup
     return items[chain[-1]].x if chain else items[source].x
 
 
-def _groups(boxes: dict[str, Box], block_names: dict[str, str]) -> tuple[Group, ...]:
+def _groups(boxes: dict[str, Box], block_names: dict[str, str],
+            waypoints: list[tuple[float, tuple[str, ...]]]) -> tuple[Group, ...]:
+    """Frames around each group's boxes, the edges routed inside it and the frames nested in it."""
     members: dict[str, list[Box]] = {}
     for box in boxes.values():
         for group in box.groups:
@@ -461,6 +464,8 @@ def _groups(boxes: dict[str, Box], block_names: dict[str, str]) -> tuple[Group, 
         pad = _frame_pad(key, [b.groups for b in inside])
         top = min(b.y for b in inside) - pad - GROUP_LABEL * (1 + _nested_label_rows(key, inside))
         bottom = max(b.y + b.height for b in inside) + pad
+        routed = [x for x, groups in waypoints if key in groups]
+        left, right = min([left, *(x - GROUP_PAD for x in routed)]), max([right, *(x + GROUP_PAD for x in routed)])
         for inner in (g for g in groups.values() if g.key.startswith(key + ".") and g.depth == depth + 1):
             left, right = min(left, inner.x - GROUP_PAD), max(right, inner.x + inner.width + GROUP_PAD)
             bottom = max(bottom, inner.y + inner.height + GROUP_PAD)
