@@ -98,6 +98,9 @@ def test_a_session(session) -> None:
     text = client.request("textDocument/hover", {"textDocument": {"uri": uri},
                                                  "position": _position(FIXED, "residual(", 3)})["contents"]["value"]
     assert "block residual(filters)" in text and "A ResNet basic block" in text
+    instance = [layer for name, layer in layers.items() if name.startswith("r.")]
+    assert f"- r: output {'x'.join(map(str, instance[-1]['output_shape']))}, " \
+           f"{sum(layer['params'] + layer['non_trainable_params'] for layer in instance):,} parameters" in text
 
     # go to definition: a block in the included file, a tensor, a constant, the included file itself
     blocks_file = spec.parent / "lib" / "blocks.cnn"

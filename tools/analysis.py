@@ -186,6 +186,23 @@ def doc_comment(source: str, line: int) -> str:
     return " ".join(found)
 
 
+def instance_blocks(blocks: list[st.Block], nodes: tuple[Node, ...]) -> dict[str, str]:
+    """Which block each instance (a node-name prefix such as "residual1") instantiates: the block whose
+    body holds the spans of the instance's own layers."""
+    names: dict[str, str] = {}
+    for node in nodes:
+        if "." in node.name:
+            found = next((b.name for b in blocks if _inside(node.span, b.span)), None)
+            if found is not None:
+                names.setdefault(node.name.rsplit(".", 1)[0], found)
+    return names
+
+
+def _inside(inner: Span, outer: Span) -> bool:
+    return inner.path == outer.path and (outer.line, outer.column) <= (inner.line, inner.column) \
+        and (inner.end_line, inner.end_column) <= (outer.end_line, outer.end_column)
+
+
 def include_at(analysis: Analysis, line: int, column: int) -> Path | None:
     """The file an include statement under the cursor names."""
     if analysis.loaded.main is None:

@@ -12,8 +12,8 @@ from xml.sax.saxutils import escape
 
 from cnnc.compiler.ir import Graph
 from cnnc.compiler.loader import load
-from cnnc.dsl.diagnostics import Span
 from cnnc.errors import CnncError, UsageError
+from cnnc.tools.analysis import instance_blocks
 from cnnc.tools.layout import BOX_PAD_X, BOX_PAD_Y, FONT_SIZE, LINE_HEIGHT, MARGIN, Box, Drawing, Edge, Group, layout
 
 FONT = "DejaVu Sans Mono, Menlo, Consolas, Liberation Mono, monospace"
@@ -52,24 +52,9 @@ def draw_file(spec: str, output: str, collapse_blocks: bool = False, image_forma
 
 
 def block_names(spec: str, graph: Graph) -> dict[str, str]:
-    """Which block each instance in the graph instantiates: the block whose body holds the spans of the
-    instance's own layers."""
     loaded = load(spec)
-    blocks = [block for tree in (*loaded.included, loaded.main) if tree is not None for block in tree.blocks]
-    names: dict[str, str] = {}
-    for node in graph.nodes:
-        if "." not in node.name:
-            continue
-        instance = node.name.rsplit(".", 1)[0]
-        found = next((b.name for b in blocks if _inside(node.span, b.span)), None)
-        if found is not None:
-            names.setdefault(instance, found)
-    return names
-
-
-def _inside(inner: Span, outer: Span) -> bool:
-    return inner.path == outer.path and (outer.line, outer.column) <= (inner.line, inner.column) \
-        and (inner.end_line, inner.end_column) <= (outer.end_line, outer.end_column)
+    trees = [tree for tree in (*loaded.included, loaded.main) if tree is not None]
+    return instance_blocks([block for tree in trees for block in tree.blocks], graph.nodes)
 
 
 def to_png(svg: str) -> bytes:

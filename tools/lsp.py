@@ -151,7 +151,19 @@ def _block_hover(analysis: an.Analysis, name: str) -> str:
     source = analysis.source(block.span.path)
     doc = an.doc_comment(source, block.span.line)
     where = f"{Path(block.span.path).name}:{block.span.line}"
-    return f"```cnn\n{an.signature(block, source)}\n```\n" + (f"{doc}\n\n" if doc else "") + f"defined at {where}"
+    text = f"```cnn\n{an.signature(block, source)}\n```\n" + (f"{doc}\n\n" if doc else "") + f"defined at {where}"
+    instances = [key for key, of in an.instance_blocks(list(analysis.blocks.values()), analysis.nodes).items()
+                 if of == name]
+    if instances:
+        text += "\n\ninstances in the model:\n" + "\n".join(_instance(analysis, key) for key in instances)
+    return text
+
+
+def _instance(analysis: an.Analysis, key: str) -> str:
+    """An instance's output shape and parameters: those of its layers (nested instances included)."""
+    layers = [n for n in analysis.nodes if n.name.startswith(key + ".")]
+    params = sum(n.params + n.non_trainable for n in layers)
+    return f"- {key}: output {_dims(layers[-1].shape)}, {params:,} parameters, {sum(n.macs for n in layers):,} MACs"
 
 
 def _layer_hover(nodes: list[Node]) -> str:
