@@ -14,7 +14,7 @@ from cnnc.dsl.parser import parse
 
 pytest.importorskip("pygments")
 from pygments.lexers import get_lexer_by_name  # noqa: E402
-from pygments.token import Error, Keyword, Name  # noqa: E402
+from pygments.token import Error, Keyword, Name, Operator  # noqa: E402
 
 from cnnc.tools.lexer import keywords, textmate_json  # noqa: E402
 
@@ -42,10 +42,13 @@ def test_ops_keywords_and_definitions() -> None:
     for op in OPS.values():
         tokens = [(kind, value) for kind, value in lexer.get_tokens(op.example) if value.strip()]
         assert (Name.Builtin, op.name) in tokens, op.name
-    assert {"model", "block", "repeat", "include", "const", "input", "output", "train"} <= set(keywords())
+    assert {"model", "block", "repeat", "include", "const", "input", "output", "train", "if", "for"} <= set(keywords())
     tokens = list(lexer.get_tokens('include "a.cnn"\nblock wide(n=2) { repeat n as i { x = relu } }\n'))
     assert (Keyword, "include") in tokens and (Name.Function, "wide") in tokens and (Keyword, "as") in tokens
     assert (Name.Variable, "x") in tokens and (Name, "n") in tokens
+    tokens = list(lexer.get_tokens("for c in [8, 16] { if c >= 8 { a, b = split(2) -> conv(max(c, 4), 3) } }\n"))
+    assert (Keyword, "for") in tokens and (Keyword, "if") in tokens and (Operator, ">=") in tokens
+    assert (Name.Builtin, "split") in tokens and (Name.Builtin.Pseudo, "max") in tokens
 
 
 def test_pygmentize_finds_the_lexer() -> None:

@@ -185,3 +185,51 @@ def test_formatting(session) -> None:
     client.wait_for("textDocument/publishDiagnostics", uri)
     assert client.request("textDocument/formatting", {"textDocument": {"uri": uri},
                                                       "options": {"tabSize": 4, "insertSpaces": True}}) == []
+
+
+LANGUAGE = """block pair(c) {
+    left = conv(c, 1)
+    right = in -> conv(c, 3, padding=1)
+    output left, right
+}
+
+model loops {
+    input image(3, 16, 16)
+    for width in [8, 16] {
+        conv(width, 3, padding=1) -> relu
+    }
+    a, b = pair(8)
+    x1, x2 = a -> split(2)
+    y = concat(x1, b)
+    flatten -> dense(10)
+}
+"""
+
+
+def test_the_language_features(session) -> None:
+    client, spec, _ = session
+    uri = spec.as_uri()
+    client.notify("textDocument/didOpen",
+                  {"textDocument": {"uri": uri, "languageId": "cnn", "version": 1, "text": LANGUAGE}})
+    published = client.wait_for("textDocument/publishDiagnostics", uri)["diagnostics"]
+    assert [d["code"] for d in published] == [d.code for d in check_file(spec, text=LANGUAGE).diagnostics]
+
+    def at(needle: str, offset: int) -> dict:
+        return {"textDocument": {"uri": uri}, "position": _position(LANGUAGE, needle, offset)}
+
+    # several results and loop variables: definitions, hover
+    assert client.request("textDocument/definition", at("concat(x1, b)", 11))["range"]["start"] == \
+        _position(LANGUAGE, "b = pair")
+    assert client.request("textDocument/definition", at("concat(x1", 8))["range"]["start"] == \
+        _position(LANGUAGE, "x1, x2")
+    assert client.request("textDocument/definition", at("conv(width", 6))["range"]["start"] == \
+        _position(LANGUAGE, "width in")
+    text = client.request("textDocument/hover", at("conv(width", 6))["contents"]["value"]
+    assert text == "loop variable `for width in [8, 16]`"
+    text = client.request("textDocument/hover", at("concat(x1", 8))["contents"]["value"]
+    assert "**x1**" in text and "output: 4x16x16" in text
+    # split and the helpers are offered with the layers' docs and arguments
+    labels = {item["label"] for item in client.request("textDocument/completion", at("-> split", 3))["items"]}
+    assert {"split", *OPS} <= labels
+    arguments = {item["label"] for item in client.request("textDocument/completion", at("split(2)", 6))["items"]}
+    assert {"parts=", "sizes=", "max", "channels", "range"} <= arguments

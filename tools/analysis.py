@@ -24,7 +24,7 @@ WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 @dataclass(frozen=True)
 class Definition:
     name: str
-    kind: str          # "block", "constant", "tensor", "file"
+    kind: str          # "block", "constant", "parameter", "tensor", "loop variable"
     span: Span
     detail: str        # the block's signature, the constant's expression, the tensor's statement
 
@@ -122,31 +122,38 @@ def definitions(analysis: Analysis, line: int, column: int) -> dict[str, Definit
             for param in body.params:
                 found[param.name] = Definition(param.name, "parameter", _name_span(param.span, param.name, source),
                                                _text(source, param.span))
-        for name, span, statement in _assignments(body.body, source):
-            found.setdefault(name, Definition(name, "tensor" if statement else "constant", span, statement))
+        for definition in _assignments(body.body, source):
+            found.setdefault(definition.name, definition)
     return found
 
 
 def enclosing_body(analysis: Analysis, line: int, column: int) -> st.Model | st.Block | None:
     if analysis.loaded.main is None:
         return None
-    for item in (*analysis.loaded.main.models, *analysis.loaded.main.blocks):
-        if contains(item.span, line, column):
-            return item
-    return None
+    bodies: list[st.Model | st.Block] = [*analysis.loaded.main.models, *analysis.loaded.main.blocks]
+    return next((body for body in bodies if contains(body.span, line, column)), None)
 
 
-def _assignments(body: tuple[st.Statement, ...], source: str) -> Iterator[tuple[str, Span, str]]:
-    """Names a body defines: (name, where, the statement for tensors or "" for constants)."""
+def _assignments(body: tuple[st.Statement, ...], source: str) -> Iterator[Definition]:
+    """What a body defines, through repeat, for and if bodies: tensors, constants and loop variables."""
     for statement in body:
-        if isinstance(statement, st.Chain) and statement.target:
-            yield statement.target, _name_span(statement.span, statement.target, source), _text(source, statement.span)
-        elif isinstance(statement, st.InputDecl):
-            yield statement.name, _name_span(statement.span, statement.name, source), _text(source, statement.span)
+        if isinstance(statement, st.Chain | st.InputDecl):
+            names = statement.targets if isinstance(statement, st.Chain) else (statement.name,)
+            for name in names:
+                yield Definition(name, "tensor", _name_span(statement.span, name, source),
+                                 _text(source, statement.span))
         elif isinstance(statement, st.Const):
-            yield statement.name, _name_span(statement.span, statement.name, source), ""
-        elif isinstance(statement, st.Repeat):
+            yield Definition(statement.name, "constant", _name_span(statement.span, statement.name, source),
+                             _text(source, statement.span))
+        elif isinstance(statement, st.Repeat | st.For):
+            names = statement.names if isinstance(statement, st.For) else (statement.index,) if statement.index else ()
+            header = _text(source, statement.span).split("{", 1)[0].strip()
+            for name in names:
+                yield Definition(name, "loop variable", _name_span(statement.span, name, source), header)
             yield from _assignments(statement.body, source)
+        elif isinstance(statement, st.If):
+            yield from _assignments(statement.then, source)
+            yield from _assignments(statement.otherwise, source)
 
 
 def _name_span(span: Span, name: str, source: str) -> Span:

@@ -19,6 +19,7 @@ from typing import Any
 from cnnc.dsl.diagnostics import render_all
 from cnnc.dsl.parser import _lark, parse
 from cnnc.errors import CnncError, InternalError
+from cnnc.tools.vocabulary import keywords
 
 INDENT = "    "
 TOKEN = re.compile(r"""
@@ -32,9 +33,7 @@ TOKEN = re.compile(r"""
   | (?P<space>[ \t\f\v]+)
   | (?P<other>.)
 """, re.VERBOSE)
-# Words the grammar spells out that a line may start or continue a statement with.
-KEYWORDS = frozenset({"as", "block", "const", "include", "init", "input", "model", "output", "repeat", "train",
-                      "if", "else", "for", "in", "and", "or", "not"})
+KEYWORDS = frozenset(keywords())
 BINARY = frozenset({"->", "**", "//", "==", "!=", "<=", ">=", "+", "-", "*", "/", "%", "<", ">", "and", "or"})
 OPENERS, CLOSERS = frozenset("(["), frozenset(")]")
 # A line that starts with one of these continues the statement above; so does the line after one

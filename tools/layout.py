@@ -178,7 +178,7 @@ def describe_node(node: Node) -> str:
     if stride is not None and tuple(stride) != (1, 1):
         text += f" /{stride[0]}" if stride[0] == stride[1] else f" /{stride[0]}x{stride[1]}"
     groups = node.attrs.get("groups")
-    if groups not in (None, 1):
+    if groups not in (None, 1) and node.op != "depthwise_conv":   # a depthwise conv's groups are its channels
         text += f" g{groups}"
     activation = node.attrs.get("activation")
     if activation is not None:

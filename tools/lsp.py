@@ -23,10 +23,11 @@ from cnnc.compiler.ops import OPS
 from cnnc.dsl.diagnostics import Diagnostic, Severity, Span
 from cnnc.errors import CnncError
 from cnnc.tools import analysis as an
+from cnnc.tools import vocabulary
 from cnnc.tools.fmt import format_text
 from cnnc.tools.layout import describe_node
 
-KEYWORDS = ("input", "output", "repeat", "const", "init", "include", "block", "model", "train")
+VALUES = ("constant", "parameter", "loop variable")  # names that hold values rather than tensors
 CALL_BEFORE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*\($")
 KEYWORD_BEFORE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*=\s*[A-Za-z_0-9]*$")
 
@@ -133,7 +134,7 @@ def _hover_text(analysis: an.Analysis, line: int, column: int) -> str | None:
         definition = visible[word]
         if definition.kind == "block":
             return _block_hover(analysis, word)
-        if definition.kind in ("constant", "parameter"):
+        if definition.kind in ("constant", "parameter", "loop variable"):
             return f"{definition.kind} `{definition.detail}`"
         produced = [n for n in analysis.nodes if n.name == word or n.name.endswith(f".{word}")]
         if produced:
@@ -141,8 +142,8 @@ def _hover_text(analysis: an.Analysis, line: int, column: int) -> str | None:
     nodes = an.nodes_at(analysis, line, column)
     if nodes:
         return _layer_hover(nodes)
-    if word in OPS:
-        return _op_doc(word)
+    if word in vocabulary.layers():
+        return _layer_doc(word)
     return None
 
 
@@ -188,10 +189,11 @@ def _dims(shape: tuple[int, ...]) -> str:
     return "x".join(str(d) for d in shape)
 
 
-def _op_doc(name: str) -> str:
-    op = OPS[name]
-    args = "\n".join(f"- `{spec.name}`{_default(spec)}: {_arg_doc(spec)}" for spec in op.args)
-    return f"**{name}** ({op.family}): {op.doc}" + (f"\n\n{args}" if args else "")
+def _layer_doc(name: str) -> str:
+    doc, specs = vocabulary.layers()[name]
+    family = f" ({OPS[name].family})" if name in OPS else ""
+    args = "\n".join(f"- `{spec.name}`{_default(spec)}: {_arg_doc(spec)}" for spec in specs)
+    return f"**{name}**{family}: {doc}" + (f"\n\n{args}" if args else "")
 
 
 def _default(spec: ArgSpec) -> str:
@@ -241,29 +243,30 @@ def _text_before(text: str, line: int, column: int) -> str:
 def _completions(analysis: an.Analysis, before: str, line: int, column: int) -> list[lsp.CompletionItem]:
     visible = an.definitions(analysis, line, column)
     callee = _open_call(before)
-    if callee is not None:
+    layers = vocabulary.layers()
+    values = _name_items(visible, VALUES) + _helper_items()
+    if callee in layers:
         keyword = KEYWORD_BEFORE.search(before)
-        if callee in OPS and keyword:
-            spec = next((s for s in OPS[callee].args if s.name == keyword.group(1)), None)
-            if spec is not None:
-                return _value_items(spec) + _name_items(visible, ("constant", "parameter"))
+        spec = next((s for s in layers[callee][1] if keyword and s.name == keyword.group(1)), None)
+        if spec is not None:
+            return _value_items(spec) + values
         if callee in OPS and OPS[callee].is_merge:
             return _name_items(visible, ("tensor",))
-        if callee in OPS:
-            return _argument_items(OPS[callee].args) + _name_items(visible, ("constant", "parameter"))
-        if callee in analysis.blocks:
-            block = analysis.blocks[callee]
-            return [lsp.CompletionItem(f"{p.name}=", kind=lsp.CompletionItemKind.Field, insert_text=f"{p.name}=",
-                                       detail=an.signature(block, analysis.source(block.span.path)))
-                    for p in block.params] + _name_items(visible, ("constant", "parameter"))
-        return _name_items(visible, ("constant", "parameter", "tensor"))
-    items = [_op_item(name) for name in OPS]
+        return _argument_items(layers[callee][1]) + values
+    if callee in analysis.blocks:
+        block = analysis.blocks[callee]
+        return [lsp.CompletionItem(f"{p.name}=", kind=lsp.CompletionItemKind.Field, insert_text=f"{p.name}=",
+                                   detail=an.signature(block, analysis.source(block.span.path)))
+                for p in block.params] + values + _layer_items()
+    if callee is not None:
+        return values + _name_items(visible, ("tensor",))
+    items = _layer_items()
     items += [lsp.CompletionItem(name, kind=lsp.CompletionItemKind.Module, detail=d.detail,
                                  documentation=an.doc_comment(analysis.source(d.span.path), d.span.line) or None)
               for name, d in visible.items() if d.kind == "block"]
     items += _name_items(visible, ("tensor",))
     if not before.rstrip().endswith("->"):
-        items += [lsp.CompletionItem(k, kind=lsp.CompletionItemKind.Keyword) for k in KEYWORDS]
+        items += [lsp.CompletionItem(k, kind=lsp.CompletionItemKind.Keyword) for k in vocabulary.keywords()]
     return items
 
 
@@ -284,10 +287,17 @@ def _open_call(before: str) -> str | None:
     return None
 
 
-def _op_item(name: str) -> lsp.CompletionItem:
-    op = OPS[name]
-    return lsp.CompletionItem(name, kind=lsp.CompletionItemKind.Function, detail=f"{op.family}: {op.doc}",
-                              documentation=lsp.MarkupContent(lsp.MarkupKind.Markdown, _op_doc(name)))
+def _layer_items() -> list[lsp.CompletionItem]:
+    """Every layer of the op registry (and split), documented from it."""
+    return [lsp.CompletionItem(name, kind=lsp.CompletionItemKind.Function,
+                               detail=f"{OPS[name].family}: {doc}" if name in OPS else doc,
+                               documentation=lsp.MarkupContent(lsp.MarkupKind.Markdown, _layer_doc(name)))
+            for name, (doc, _) in vocabulary.layers().items()]
+
+
+def _helper_items() -> list[lsp.CompletionItem]:
+    return [lsp.CompletionItem(name, kind=lsp.CompletionItemKind.Function, detail="helper function")
+            for name in vocabulary.helpers()]
 
 
 def _argument_items(specs: tuple[ArgSpec, ...]) -> list[lsp.CompletionItem]:
@@ -309,7 +319,7 @@ def _value_items(spec: ArgSpec) -> list[lsp.CompletionItem]:
 
 def _name_items(visible: dict[str, an.Definition], kinds: tuple[str, ...]) -> list[lsp.CompletionItem]:
     kind_of = {"tensor": lsp.CompletionItemKind.Variable, "constant": lsp.CompletionItemKind.Constant,
-               "parameter": lsp.CompletionItemKind.Variable}
+               "parameter": lsp.CompletionItemKind.Variable, "loop variable": lsp.CompletionItemKind.Variable}
     return [lsp.CompletionItem(name, kind=kind_of[d.kind], detail=f"{d.kind}: {d.detail}")
             for name, d in visible.items() if d.kind in kinds]
 
