@@ -51,6 +51,16 @@ def test_every_file_formats_safely(name: str) -> None:
     _assert_safe_and_idempotent(PARSEABLE[name], name)
 
 
+@pytest.mark.parametrize("name", PARSEABLE)
+def test_indentation_is_the_formatters(name: str) -> None:
+    """Lines stripped of their indentation (all but those with a comment after code, whose comment
+    column the formatter keeps) come back exactly as the formatted file."""
+    lines = PARSEABLE[name].split("\n")
+    flat = "\n".join(line if "#" in line.split('"')[-1] and not line.lstrip().startswith("#") else line.lstrip()
+                     for line in lines)
+    assert format_text(flat, name) == format_text(PARSEABLE[name], name)
+
+
 def test_fuzz_mutations_that_parse_format_safely() -> None:
     rng = random.Random(11)
     texts = list(PARSEABLE.values())
