@@ -402,13 +402,14 @@ class Elaborator:
             inputs = self._merge_inputs(call, running, chained, scope) if op.is_merge else [running]
             if inputs is None:
                 return None
-            if any(i is None for i in inputs):
+            present = [tensor for tensor in inputs if tensor is not None]
+            if len(present) < len(inputs):
                 if not self.has_input:
                     return None  # the model-level "has no input" error covers it
                 self._error(scope, BAD_INPUT, f"{call.name} has no input: nothing comes before it", call.span,
                             "declare the model's input first, as in `input image(1, 28, 28)`")
                 return None
-            return self._apply(op, call, inputs, name, scope)
+            return self._apply(op, call, present, name, scope)
         if call.name in self.blocks:
             return self._instantiate(self.blocks[call.name], call, running, target, scope)
         self._unknown_layer(call, scope)
@@ -522,7 +523,7 @@ class Elaborator:
         return Tensor(name, inferred.shape, *origin, node.formulas, field_)
 
     def _merge_inputs(self, call: st.Call, running: Tensor | None, chained: bool,
-                      scope: Scope) -> list[Tensor] | None:
+                      scope: Scope) -> list[Tensor | None] | None:
         explicit: list[Tensor] = []
         for arg in call.args:
             if arg.keyword is not None or not isinstance(arg.value, st.Name):
@@ -532,7 +533,7 @@ class Elaborator:
             if tensor is None:
                 return None
             explicit.append(tensor)
-        inputs = [running, *explicit] if chained or len(explicit) == 1 else explicit
+        inputs: list[Tensor | None] = [running, *explicit] if chained or len(explicit) == 1 else list(explicit)
         if len(inputs) < 2:
             self._error(scope, MISSING_ARGUMENT, f"{call.name} needs at least two inputs", call.span,
                         f"name them, as in {call.name}(a, b), or chain one in: a -> {call.name}(b)")
@@ -588,7 +589,8 @@ class Elaborator:
                 return None
             name = f"{scope.prefix}{target}{scope.suffix}"
             if name in self.nodes:
-                line = self.nodes[name].span.line if self.nodes.get(name) else None
+                existing = self.nodes[name]
+                line = existing.span.line if existing else None
                 where = f" (first defined on line {line})" if line else ""
                 self._error(scope, DUPLICATE_NAME, f"'{target}' is already defined{where}", span,
                             "each tensor name is assigned once")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from importlib import resources
+from typing import Any
 
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
@@ -120,6 +122,7 @@ def _describe_found(failure: UnexpectedInput) -> str:
         return f"character {failure.char!r}"
     if _at_end(failure):
         return "end of file"
+    assert isinstance(failure, UnexpectedToken)  # lark's third kind, after characters and the end
     token = failure.token
     kind = {"NAME": "name", "NUMBER": "number", "STRING": "string"}.get(token.type)
     return f"{kind} '{token}'" if kind else f"'{token}'"
@@ -133,7 +136,9 @@ def _label(failure: UnexpectedInput, text: str) -> str | None:
     """Name the mistake from what precedes the error, else from lark's labelled examples."""
     if _at_end(failure):
         closes_block = "RBRACE" in getattr(failure, "expected", ())
-        return "the file ended before a '}' closed it" if closes_block else "the file ended in the middle of a statement"
+        if closes_block:
+            return "the file ended before a '}' closed it"
+        return "the file ended in the middle of a statement"
     offset = failure.token.start_pos if isinstance(failure, UnexpectedToken) else failure.pos_in_stream
     before = _strip_comments(text[:offset]).rstrip()
     expected = set(getattr(failure, "expected", None) or getattr(failure, "allowed", None) or ())
@@ -226,6 +231,15 @@ def _span(path: str, meta_or_token) -> Span:
     return Span(path, meta_or_token.line, meta_or_token.column, meta_or_token.end_line, meta_or_token.end_column)
 
 
+
+def _binary(op: str) -> Callable[[Any, Any, list[Any]], st.BinaryOp]:
+    """The transformer rule of a binary operator."""
+    def build(self: Any, meta: Any, children: list[Any]) -> st.BinaryOp:
+        left, right = children
+        return st.BinaryOp(op, left, right, self._s(meta))
+
+    return build
+
 @v_args(meta=True)
 class _ToSyntaxTree(Transformer):
     """Builds syntax-tree dataclasses; every node gets the span lark recorded for it."""
@@ -296,13 +310,6 @@ class _ToSyntaxTree(Transformer):
     def conditional(self, meta, children):
         then, condition, otherwise = children
         return st.Conditional(then, condition, otherwise, self._s(meta))
-
-    def _binary(op):  # noqa: N805 - a factory used in the class body below
-        def build(self, meta, children):
-            left, right = children
-            return st.BinaryOp(op, left, right, self._s(meta))
-
-        return build
 
     add, sub, mul, div = _binary("+"), _binary("-"), _binary("*"), _binary("/")
     floordiv, mod, pow = _binary("//"), _binary("%"), _binary("**")

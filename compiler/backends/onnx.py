@@ -666,6 +666,7 @@ def _upsample(ctx: _Lowering, node: Node, output: str) -> str:
     cover height and width only (`axes`), before that every axis (batch and channels 1). PyTorch's
     nearest is floor of the asymmetric coordinate out / scale; bilinear with align_corners=False is
     half_pixel (equal to pytorch_half_pixel, as no output axis has length 1 unless its input has)."""
+    settings: dict[str, Any]
     if node.attrs["mode"] == "nearest":
         settings = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
     else:
