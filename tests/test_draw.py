@@ -74,6 +74,7 @@ def _check_geometry(graph: Graph, drawing: Drawing, collapse: bool) -> None:
         assert ys[0] == by_key[edge.source].y + by_key[edge.source].height and ys[-1] == by_key[edge.target].y
     for group in drawing.groups:
         frame = (group.x, group.y, group.width, group.height)
+        assert len(group.label) * CHAR_WIDTH + 12 < group.width     # the label fits its frame
         for inner in drawing.groups:
             if inner.key.startswith(group.key + "."):   # a nested frame lies within its parent
                 assert group.x < inner.x and inner.x + inner.width < group.x + group.width
@@ -197,8 +198,8 @@ def _hex(colour: str) -> tuple[int, int, int]:
 def test_rendered_picture(spec: str, collapse: bool) -> None:
     _, drawing = _drawing(ROOT / spec, collapse)
     svg = to_svg(drawing)
-    full = _render(svg, ".title, .group text { display: none }")
-    plain = _render(svg, "text { display: none }")
+    full = _render(svg, ".title, .group-label { display: none }")
+    plain = _render(svg, "text, .group-label { display: none }")
     assert full.size == plain.size == (round(drawing.width), round(drawing.height))
     # boxes exist: each box's fill shows inside it, along its bottom edge where no text is
     for box in drawing.boxes:
@@ -215,7 +216,7 @@ def test_rendered_picture(spec: str, collapse: bool) -> None:
         assert any(x <= px <= x + w and y <= py <= y + h for px, py in text_pixels)
     # no box covers another: drawn in distinct colours, each shows its whole area
     coloured = _distinct_fills(svg, len(drawing.boxes))
-    counts = _render(coloured, "text, path, circle, .group { display: none }").getcolors(maxcolors=1 << 16)
+    counts = _render(coloured, "text, path, circle, .group, .group-label { display: none }").getcolors(1 << 16)
     seen = {colour: count for count, colour in counts}
     for index, box in enumerate(drawing.boxes):
         corner = box.height / 2 if box.merge else 4   # merges are pills; the corners' cut-off area

@@ -14,7 +14,19 @@ from cnnc.compiler.ir import Graph
 from cnnc.compiler.loader import load
 from cnnc.errors import CnncError, UsageError
 from cnnc.tools.analysis import instance_blocks
-from cnnc.tools.layout import BOX_PAD_X, BOX_PAD_Y, FONT_SIZE, LINE_HEIGHT, MARGIN, Box, Drawing, Edge, Group, layout
+from cnnc.tools.layout import (
+    BOX_PAD_X,
+    BOX_PAD_Y,
+    CHAR_WIDTH,
+    FONT_SIZE,
+    LINE_HEIGHT,
+    MARGIN,
+    Box,
+    Drawing,
+    Edge,
+    Group,
+    layout,
+)
 
 FONT = "DejaVu Sans Mono, Menlo, Consolas, Liberation Mono, monospace"
 # Fill and border per op family; unknown families (ops added later) get the neutral default.
@@ -80,26 +92,30 @@ def to_svg(drawing: Drawing) -> str:
         f'<text class="title" x="{MARGIN}" y="{MARGIN + 4}" font-weight="bold" fill="{TEXT}">'
         f"{escape(drawing.title)}</text>",
     ]
-    parts += _groups(drawing.groups)
+    parts += _frames(drawing.groups)
     parts += _edges(drawing.edges)
     parts += _branch_points(drawing.edges)
+    parts += _group_labels(drawing.groups)   # over the edges that enter a frame, on a patch of its shade
     parts += _boxes(drawing.boxes)
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
 
 
-def _groups(groups: Iterable[Group]) -> list[str]:
-    out = []
-    for group in groups:
-        shade = "#faf8f2" if group.depth % 2 == 0 else "#f3efe4"
-        out.append(
-            f'<g class="group" data-key="{escape(group.key)}">'
-            f'<rect x="{group.x:.1f}" y="{group.y:.1f}" width="{group.width:.1f}" height="{group.height:.1f}" '
-            f'rx="8" fill="{shade}" stroke="#b4a680" stroke-dasharray="5 3"/>'
+def _shade(group: Group) -> str:
+    return "#faf8f2" if group.depth % 2 == 0 else "#f3efe4"
+
+
+def _frames(groups: Iterable[Group]) -> list[str]:
+    return [f'<rect class="group" data-key="{escape(group.key)}" x="{group.x:.1f}" y="{group.y:.1f}" '
+            f'width="{group.width:.1f}" height="{group.height:.1f}" rx="8" fill="{_shade(group)}" '
+            'stroke="#b4a680" stroke-dasharray="5 3"/>' for group in groups]
+
+
+def _group_labels(groups: Iterable[Group]) -> list[str]:
+    return [f'<g class="group-label"><rect x="{group.x + 5:.1f}" y="{group.y + 2:.1f}" '
+            f'width="{len(group.label) * CHAR_WIDTH + 6:.1f}" height="{LINE_HEIGHT:.1f}" fill="{_shade(group)}"/>'
             f'<text x="{group.x + 8:.1f}" y="{group.y + 12:.1f}" font-style="italic" fill="#6b5a2e">'
-            f"{escape(group.label)}</text></g>"
-        )
-    return out
+            f"{escape(group.label)}</text></g>" for group in groups]
 
 
 def _edges(edges: Iterable[Edge]) -> list[str]:
