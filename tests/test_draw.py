@@ -72,6 +72,12 @@ def _check_geometry(graph: Graph, drawing: Drawing, collapse: bool) -> None:
         ys = [y for _, y in edge.points]
         assert ys == sorted(ys)
         assert ys[0] == by_key[edge.source].y + by_key[edge.source].height and ys[-1] == by_key[edge.target].y
+        for (x0, y0), (x1, y1) in zip(edge.points, edge.points[1:]):
+            # edges bend only between rows of boxes, and pass a row straight down a gap between its boxes
+            if x0 != x1:
+                assert not any(y0 < b.y + b.height and b.y < y1 for b in boxes), (edge.source, edge.target)
+            else:
+                assert not any(b.x < x0 < b.x + b.width and y0 < b.y + b.height and b.y < y1 for b in boxes)
     for group in drawing.groups:
         frame = (group.x, group.y, group.width, group.height)
         assert len(group.label) * CHAR_WIDTH + 12 < group.width     # the label fits its frame

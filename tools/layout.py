@@ -439,7 +439,10 @@ def _edge(source: str, target: str, boxes: dict[str, Box], items: dict[str, _Ite
     entries = sorted(inputs[target], key=lambda key: _entry_x(key, target, items, chains))
     slot = (entries.index(source) + 1) / (len(entries) + 1)
     end = (lower.x + lower.width * slot if len(entries) > 1 else lower.x + lower.width / 2, lower.y)
-    middle = tuple((items[k].x, tops[items[k].layer]) for k in chains[(source, target)])
+    # through each layer it skips, straight down the gap its waypoint keeps between that layer's boxes
+    row_height = max(b.height for b in boxes.values())
+    middle = tuple(point for k in chains[(source, target)]
+                   for point in ((items[k].x, tops[items[k].layer]), (items[k].x, tops[items[k].layer] + row_height)))
     return Edge(source, target, (start, *middle, end), upper.dead or lower.dead)
 
 
