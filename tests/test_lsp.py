@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from cnnc.compiler.check import check_file
 from cnnc.compiler.ops import ACTIVATIONS, OPS
 
 pytest.importorskip("pygls")
+from fuzzing import mutate  # noqa: E402
 from lsp_client import LspClient  # noqa: E402 - after the skip: it starts `cnnc lsp`
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -233,3 +235,23 @@ def test_the_language_features(session) -> None:
     assert {"split", *OPS} <= labels
     arguments = {item["label"] for item in client.request("textDocument/completion", at("split(2)", 6))["items"]}
     assert {"parts=", "sizes=", "max", "channels", "range"} <= arguments
+
+
+def test_every_request_survives_broken_text() -> None:
+    """Hover, definition and completion on fuzz mutations of the specs, at random places: an answer or
+    none, never an exception (which would reach the editor as an error)."""
+    from cnnc.tools import analysis
+    from cnnc.tools.lsp import _completions, _hover_text, _text_before
+
+    rng = random.Random(5)
+    texts = [p.read_text() for p in sorted((ROOT / "specs").glob("*.cnn"))] + [SPEC, LANGUAGE]
+    for _ in range(60):
+        text = mutate(rng.choice(texts), rng)
+        result = analysis.analyse(str(ROOT / "specs" / "fuzz.cnn"), text)
+        lines = text.split("\n")
+        for _ in range(5):
+            line = rng.randrange(1, len(lines) + 1)
+            column = rng.randrange(1, len(lines[line - 1]) + 2)
+            _hover_text(result, line, column)
+            analysis.definitions(result, line, column)
+            _completions(result, _text_before(text, line, column), line, column)
