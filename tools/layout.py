@@ -10,7 +10,7 @@ regression). Block instances become labelled groups, or single boxes with `colla
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cnnc.compiler.ir import Graph, Node
 from cnnc.compiler.ops import OPS
@@ -128,8 +128,8 @@ def _boxes(graph: Graph, dead: set[str], block_names: dict[str, str],
     inputs: dict[str, list[str]] = {}
     for key, nodes in members.items():
         inputs[key] = list(dict.fromkeys(owner[i] for n in nodes for i in n.inputs if owner[i] != key))
-        boxes[key] = _collapsed_box(key, nodes, graph, dead, block_names) if key != nodes[0].name or \
-            len(nodes) > 1 else _node_box(nodes[0], dead)
+        is_instance = key != nodes[0].name   # an instance's key is a prefix of its layers' names
+        boxes[key] = _collapsed_box(key, nodes, graph, dead, block_names) if is_instance else _node_box(nodes[0], dead)
     return boxes, inputs
 
 
@@ -161,7 +161,7 @@ def _collapsed_box(key: str, nodes: list[Node], graph: Graph, dead: set[str], bl
 def _sized(box: Box) -> Box:
     width = max(len(line) for line in box.lines) * CHAR_WIDTH + 2 * BOX_PAD_X
     height = 2 * LINE_HEIGHT + 2 * BOX_PAD_Y
-    return Box(**{**box.__dict__, "width": width, "height": height})
+    return replace(box, width=width, height=height)
 
 
 def _groups_of(name: str) -> tuple[str, ...]:
@@ -429,7 +429,7 @@ def _max_nesting(boundary: dict[str, int], index: int) -> int:
 
 
 def _place_box(box: Box, item: _Item, tops: list[float]) -> Box:
-    return Box(**{**box.__dict__, "x": item.x - box.width / 2, "y": tops[item.layer]})
+    return replace(box, x=item.x - box.width / 2, y=tops[item.layer])
 
 
 def _edge(source: str, target: str, boxes: dict[str, Box], items: dict[str, _Item],
@@ -520,7 +520,7 @@ def _normalised(graph: Graph, boxes: tuple[Box, ...], edges: tuple[Edge, ...], g
 
     return Drawing(
         title, width, height,
-        tuple(Box(**{**b.__dict__, "x": moved(b.x)}) for b in boxes),
-        tuple(Edge(e.source, e.target, tuple((moved(x), y) for x, y in e.points), e.dead) for e in edges),
-        tuple(Group(g.key, g.label, g.depth, moved(g.x), g.y, g.width, g.height) for g in groups),
+        tuple(replace(b, x=moved(b.x)) for b in boxes),
+        tuple(replace(e, points=tuple((moved(x), y) for x, y in e.points)) for e in edges),
+        tuple(replace(g, x=moved(g.x)) for g in groups),
     )
