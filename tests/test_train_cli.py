@@ -143,7 +143,8 @@ def test_an_npz_dataset_is_found_relative_to_the_spec(tmp_path, monkeypatch, cap
     np.savez(data / "tiny.npz", x=images, y=np.arange(40) % 3, classes=np.array(["a", "b", "c"]))
     model = "conv(4, kernel=3, padding=same, activation=relu)\n global_avgpool\n dense(3)"
     spec = tmp_path / "specs" / "tiny.cnn"
-    spec.write_text(f'model m {{\n input x(1, 8, 8)\n {model}\n}}\ntrain {{ dataset npz("data/tiny.npz"); epochs 1 }}\n')
+    spec.write_text(f'model m {{\n input x(1, 8, 8)\n {model}\n}}\n'
+                    'train { dataset npz("data/tiny.npz"); epochs 1 }\n')
     monkeypatch.chdir(tmp_path)
     assert main(["train", "specs/tiny.cnn", "--no-channels-last", "--quiet", "--out", "run"]) == 0
     settings = json.loads((tmp_path / "run" / "settings.json").read_text())
@@ -291,7 +292,8 @@ def test_bad_flag_values_are_named(flag: str, value: str, message: str, capsys) 
 
 BAD_INPUT = [
     ("model m {\n input x(1, 28, 28)\n flatten\n dense(2)\n}\n", [], "SPEC has no train section: add one"),
-    ("model m {\n input x(1, 28, 28)\n conv(4, kernel=40)\n}\ntrain { dataset xo }\n", [], "SPEC has errors (see above)"),
+    ("model m {\n input x(1, 28, 28)\n conv(4, kernel=40)\n}\ntrain { dataset xo }\n", [],
+     "SPEC has errors (see above)"),
     (xo_variant("flatten\n dense(3)"), [], "model 'm' has 3 outputs, but xo has 2 classes"),
     ("model m {\n input x(3, 32, 32)\n flatten\n dense(2)\n}\ntrain { dataset xo }\n", [],
      "model 'm' takes 3x32x32 images, but xo has 1x28x28 images"),
