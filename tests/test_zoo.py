@@ -16,6 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA
+from test_onnx_support import ort_session
+from zoo_reference import CIFAR, REFERENCE, Published
 
 from cnnc.cli import main
 from cnnc.compiler.backends import onnx as onnx_backend
@@ -23,9 +26,6 @@ from cnnc.compiler.backends.pytorch import build_module
 from cnnc.compiler.backends.weights import initial_weights
 from cnnc.compiler.check import CheckResult, check_file
 from cnnc.compiler.ir import Program
-from conftest import SHARED_DATA
-from test_onnx_support import ort_session
-from zoo_reference import CIFAR, REFERENCE, Published
 
 ROOT = Path(__file__).resolve().parent.parent
 ZOO = ROOT / "specs" / "zoo"
@@ -39,7 +39,7 @@ def marked(names) -> list:
     return [pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name for name in names]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def checked(name: str) -> CheckResult:
     return check_file(ZOO / f"{name}.cnn")
 
