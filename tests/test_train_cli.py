@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -370,6 +371,51 @@ def test_torchrun_with_two_processes_trains_and_resumes(tmp_path, capsys) -> Non
     assert [r.get("epoch") for r in records] == [1, 2, None] and records[-1]["test_examples"] == 128
 
     # Two processes of 32 images each average to the gradient of one of 64: the same training.
+    assert main(["train", str(spec), *flags[:-1], str(tmp_path / "single")]) == 0
+    capsys.readouterr()
+    single, distributed = weights(tmp_path / "single"), weights(tmp_path / "run")
+    for name in single:
+        torch.testing.assert_close(distributed[name], single[name], rtol=1e-4, atol=1e-5)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _two_nodes(arguments: list[str], cwd: Path, environment: dict[str, str]) -> list[subprocess.CompletedProcess]:
+    """The same `cnnc` command on two "nodes" (two torchrun launches of one process each) that meet at a
+    c10d rendezvous on 127.0.0.1, as two machines would at their first node's address."""
+    endpoint = f"127.0.0.1:{_free_port()}"
+    launches = [
+        subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}",
+                          "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}",
+                          "--rdzv_id=cnnc-test", "-m", "cnnc", *arguments],
+                         cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for rank in (0, 1)
+    ]
+    results = []
+    for launch in launches:
+        stdout, stderr = launch.communicate(timeout=300)
+        results.append(subprocess.CompletedProcess(launch.args, launch.returncode, stdout, stderr))
+    return results
+
+
+def test_two_nodes_train_and_resume_as_one_node_does(tmp_path, capsys) -> None:
+    spec = write_spec(tmp_path, xo_variant(SMALL_XO, "dataset xo\n epochs 2\n batch 64\n validation 0.25"))
+    flags = ["--limit-train", "512", "--limit-test", "128", "--json", "--out", "run"]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    stopped = _two_nodes(["train", str(spec), *flags], tmp_path, {**environment, SIGNAL_AT_STEP_ENV: "INT:8"})
+    assert all(result.returncode != 0 for result in stopped)
+    checkpoint = load_checkpoint(tmp_path / "run")
+    assert (checkpoint.epoch, checkpoint.step_in_epoch) == (1, 2)
+    assert len(checkpoint.training["processes"]) == 2
+    resumed = _two_nodes(["train", "--resume", "run", "--json"], tmp_path, environment)
+    assert [result.returncode for result in resumed] == [0, 0], resumed[0].stderr + resumed[1].stderr
+    events = [json.loads(line) for result in resumed for line in result.stdout.splitlines()]
+    assert [e["event"] for e in events].count("done") == 1  # only the first node's rank 0 reports
+
     assert main(["train", str(spec), *flags[:-1], str(tmp_path / "single")]) == 0
     capsys.readouterr()
     single, distributed = weights(tmp_path / "single"), weights(tmp_path / "run")
