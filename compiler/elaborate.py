@@ -251,7 +251,7 @@ class Elaborator:
         for message, notes in inferred.warnings:
             self.sink.add(warning(UNREAD_INPUT, message, call.span, *notes, *scope.context))
         attrs = {**bound, **inferred.attrs}
-        if "init" in op.arg_names:
+        if "bias_init" in op.arg_names:  # the weighted layers; `scale`'s `init` is a number
             attrs["init"] = attrs["init"] or self.weight_init
             attrs["bias_init"] = attrs["bias_init"] or default_bias_init(attrs["init"])
         input_shapes = tuple(t.shape for t in inputs if t.shape is not None)

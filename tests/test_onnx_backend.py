@@ -342,3 +342,10 @@ def test_compile_creates_the_output_directory(tmp_path):
     target = tmp_path / "new" / "dir" / "xo.onnx"
     assert main(["compile", str(ROOT / "specs" / "xo.cnn"), "-o", str(target)]) == 0
     assert target.stat().st_size > 0
+
+
+def test_the_layer_probe_covers_the_live_layers_of_a_spec_with_dead_ones():
+    program = spec_program("tests/specs/dead_layers.cnn")
+    probe, layers = backend.layer_probe(program)
+    assert set(layers) == {node.name for node in prune(program.graph).nodes[1:]}
+    onnx.checker.check_model(probe, full_check=True)
