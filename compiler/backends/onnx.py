@@ -38,6 +38,7 @@ from cnnc.errors import CnncError, InternalError
 from cnnc.files import replacing
 
 NATIVE_GELU_OPSET = 20
+RESIZE_AXES_OPSET = 18
 NATIVE_HARDSWISH_OPSET = 14
 NATIVE_LAYERNORM_OPSET = 17
 NATIVE_MISH_OPSET = 18
@@ -344,6 +345,12 @@ class _Lowering:
     def _flatten(self, node: Node, output: str) -> str:
         return self.add("Flatten", [self.input_of(node)], output, name=node.name, axis=1)
 
+    def _channel_slice(self, node: Node, output: str) -> str:
+        starts = self.initializer(f"{node.name}/starts", np.array([node.attrs["start"]], np.int64))
+        ends = self.initializer(f"{node.name}/ends", np.array([node.attrs["stop"]], np.int64))
+        axes = self.initializer("const/axis_channels", np.array([1], np.int64))
+        return self.add("Slice", [self.input_of(node), starts, ends, axes], output, name=node.name)
+
     def _concat(self, node: Node, output: str) -> str:
         return self.add("Concat", [self.input_of(node, i) for i in range(len(node.inputs))], output,
                         name=node.name, axis=1)
@@ -450,7 +457,9 @@ class _Lowering:
         if rank == 1:
             return tensor
         axes = self.initializer("const/axes_chw", np.array([1, 2], dtype=np.int64))
-        return self.add("Unsqueeze", [tensor, axes], f"{tensor}/per_channel", name=f"{tensor}/per_channel")
+        layer, parameter = tensor.rsplit(".", 1)  # a parameter `layer.weight`: the node belongs to its layer
+        name = f"{layer}/{parameter}_per_channel"
+        return self.add("Unsqueeze", [tensor, axes], name, name=name)
 
     def _normalised(self, node: Node, output: str) -> str:
         """Where a decomposed norm puts its normalised value: the output itself unless affine follows."""
@@ -653,15 +662,19 @@ def _conv_transpose(ctx: _Lowering, node: Node, output: str) -> str:
 
 
 def _upsample(ctx: _Lowering, node: Node, output: str) -> str:
-    """Resize with the scales input (the same form at every opset from 13: roi empty, no sizes, no
-    antialias or axes). PyTorch's nearest is floor of the asymmetric coordinate out / scale; bilinear
-    with align_corners=False is half_pixel (equal to pytorch_half_pixel, as no output axis has length 1
-    unless its input has)."""
-    scales = ctx.initializer(f"{node.name}/scales", np.array([1, 1, *node.attrs["scale"]], np.float32))
+    """Resize with the scales input (roi empty, no sizes, no antialias); from opset 18 the scales
+    cover height and width only (`axes`), before that every axis (batch and channels 1). PyTorch's
+    nearest is floor of the asymmetric coordinate out / scale; bilinear with align_corners=False is
+    half_pixel (equal to pytorch_half_pixel, as no output axis has length 1 unless its input has)."""
     if node.attrs["mode"] == "nearest":
         settings = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
     else:
         settings = {"mode": "linear", "coordinate_transformation_mode": "half_pixel"}
+    if ctx.opset >= RESIZE_AXES_OPSET:  # scales for height and width only: shape inference keeps the batch's name
+        scales = ctx.initializer(f"{node.name}/scales", np.array(node.attrs["scale"], np.float32))
+        settings["axes"] = [2, 3]
+    else:
+        scales = ctx.initializer(f"{node.name}/scales", np.array([1, 1, *node.attrs["scale"]], np.float32))
     return ctx.add("Resize", [ctx.input_of(node), "", scales], output, name=node.name, **settings)
 
 
@@ -702,6 +715,7 @@ LOWERINGS: dict[str, Lowering] = {
     "global_avgpool": _Lowering._global_pool,
     "global_maxpool": _Lowering._global_pool,
     "flatten": _Lowering._flatten,
+    "channel_slice": _Lowering._channel_slice,
     "batchnorm": _Lowering._batchnorm,
     "dropout": _Lowering._pass_through,
     "identity": _Lowering._pass_through,

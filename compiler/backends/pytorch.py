@@ -313,6 +313,10 @@ def _flatten(x: Tensor) -> Tensor:
     return torch.flatten(x, 1)
 
 
+def _channel_slice(start: int, stop: int, x: Tensor) -> Tensor:
+    return x[:, start:stop]
+
+
 def _as_feature_map(x: Tensor) -> Tensor:
     """A flat (N, C) as (N, C, 1, 1), to broadcast against (N, C, H, W)."""
     return x[:, :, None, None]
@@ -402,6 +406,7 @@ LOWERINGS: dict[str, Lowering] = {
     "global_avgpool": lambda node, shapes: partial(_global_avgpool, node.attrs["keepdims"]),
     "global_maxpool": lambda node, shapes: partial(_global_maxpool, node.attrs["keepdims"]),
     "flatten": lambda node, shapes: _flatten,
+    "channel_slice": lambda node, shapes: partial(_channel_slice, node.attrs["start"], node.attrs["stop"]),
     "add": _elementwise(torch.add),
     "multiply": _elementwise(torch.mul),
     "concat": lambda node, shapes: _concat,
