@@ -15,7 +15,8 @@ Known differences in what is counted, per family:
 - inception_v3: the 27,161,264 parameters include the auxiliary classifier (AuxLogits: 3,326,696),
   which torchvision's module keeps; its 5.713 GFLOPS is of the eval-mode forward pass, which skips it.
   The spec has the branch (so the parameters match) and cnnc's MACs count it: 5,718,899,296, of which
-  the auxiliary branch is 5,683,200 (0.1%); without it, 5,713,216,096.
+  the auxiliary branch is 5,683,200 (0.1%); without it, 5,713,216,096. Nothing reads its output, so the
+  PyTorch module and the ONNX model, which cnnc builds from the live layers only, leave it out.
 - googlenet: torchvision drops both auxiliary classifiers (aux1, aux2) unless asked for them, and both
   figures (6,624,904; 1.498) are without them; so is the spec.
 - squeezenet1_1: the global average pool after the final ReLU'd 1x1 convolution is torchvision's
@@ -35,6 +36,7 @@ class Published:
     weights: str                  # the weights enum whose meta holds the figures
     source: str                   # torchvision/models/<source>
     warnings: frozenset[str] = frozenset()  # diagnostics the faithful spec earns, and why (see its header)
+    unused_params: int = 0        # in layers the output does not read, which the backends leave out
 
     @property
     def half_unit(self) -> Decimal:
@@ -64,7 +66,7 @@ REFERENCE: dict[str, Published] = {
     "googlenet": Published(6_624_904, "1.498", "GoogLeNet_Weights.IMAGENET1K_V1", "googlenet.py"),
     # The auxiliary classifier feeds only an auxiliary loss: W001 (its output is never used).
     "inception_v3": Published(27_161_264, "5.713", "Inception_V3_Weights.IMAGENET1K_V1", "inception.py",
-                              frozenset({"W001"})),
+                              frozenset({"W001"}), unused_params=3_326_696),
     "mobilenet_v2": Published(3_504_872, "0.301", "MobileNet_V2_Weights.IMAGENET1K_V1", "mobilenetv2.py"),
     "mobilenet_v3_large": Published(5_483_032, "0.217", "MobileNet_V3_Large_Weights.IMAGENET1K_V1",
                                     "mobilenetv3.py"),
