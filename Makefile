@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 RUN := runs/demo
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test lint clean
 
 setup: $(VENV)/.installed
 
@@ -29,8 +29,17 @@ demo: setup
 	$(BIN)/python examples/xo_images.py $(RUN)/images
 	$(BIN)/cnnc predict $(RUN)/xo.onnx $(RUN)/images/*.png --top-k 2
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest -q
+
+# mypy needs the installed layout (cnnc.dsl is dsl/, ...): a tree of links under build/ gives it that.
+TYPECHECK := build/typecheck
+lint: setup
+	$(BIN)/ruff check .
+	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/cnnc
+	for stage in dsl compiler datasets training export runtime; do ln -s ../../../$$stage $(TYPECHECK)/cnnc/$$stage; done
+	for file in cnnc/*.py; do ln -s ../../../$$file $(TYPECHECK)/cnnc/; done
+	cd $(TYPECHECK) && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p cnnc
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -43,9 +43,9 @@ from train_results import machine_description, replace_section  # noqa: E402
 
 from cnnc.compiler.check import check_file  # noqa: E402
 from cnnc.training.data import PIXEL_SCALE, batches, epoch_order  # noqa: E402
+from cnnc.training.distributed import World  # noqa: E402
 from cnnc.training.reporting import Console  # noqa: E402
 from cnnc.training.run import Execution, Session  # noqa: E402
-from cnnc.training.distributed import World  # noqa: E402
 from cnnc.training.settings import Overrides  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -202,7 +202,8 @@ def table(results: dict[str, dict[str, float]], images: int, rounds: int, load: 
         f"cnnc runs. 1-minute load average {load[0]:.1f} before, {load[1]:.1f} after: other jobs shared the "
         "two cores, which is why the fastest round, not the median, is reported.",
         "",
-        "| spec | cnnc | cnnc NCHW | hand NCHW | hand NHWC | cnnc / hand NCHW | cnnc / hand NHWC | channels-last gain (cnnc) |",
+        "| spec | cnnc | cnnc NCHW | hand NCHW | hand NHWC | cnnc / hand NCHW | cnnc / hand NHWC "
+        "| channels-last gain (cnnc) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for spec, r in results.items():

@@ -2,7 +2,7 @@
 
 Stage modules named here import only argparse at module level and load their heavy
 dependencies (torch, onnx, onnxruntime) inside the handlers, so that `cnnc check` stays fast.
-Exit codes: 0 success, 1 the user's input is wrong, 2 usage error.
+Exit codes: 0 success, 1 the user's input is wrong, 2 usage error, 3 a bug in cnnc (InternalError).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import sys
 from collections.abc import Sequence
 
 from cnnc import __version__
-from cnnc.errors import CnncError
+from cnnc.errors import CnncError, InternalError, UsageError
 
-EXIT_OK, EXIT_INPUT_ERROR, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_INPUT_ERROR, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
 # Modules with an `add_commands(subparsers)` function, in pipeline order.
 STAGE_CLIS = (
@@ -24,10 +24,6 @@ STAGE_CLIS = (
     "cnnc.export.cli",
     "cnnc.runtime.cli",
 )
-
-
-class UsageError(Exception):
-    """A command was called wrongly (a missing file, contradictory flags): exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CnncError as error:
         print(f"cnnc {args.command}: error: {error}", file=sys.stderr)
         return EXIT_INPUT_ERROR
+    except InternalError as error:
+        print(f"cnnc {args.command}: internal error (a bug in cnnc, not in your input; please report it): {error}",
+              file=sys.stderr)
+        return EXIT_INTERNAL
     except KeyboardInterrupt:
         print(f"cnnc {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -10,3 +10,11 @@ class CnncError(Exception):
 
     The message is complete and meant to be printed as it is, without a traceback.
     """
+
+
+class UsageError(Exception):
+    """A command was called wrongly (a missing file, contradictory flags): exit code 2."""
+
+
+class InternalError(Exception):
+    """A bug in cnnc, never the user's input: a checked model that a backend cannot build (exit code 3)."""

@@ -12,13 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cnnc.compiler.values import CallValue, Located, Symbol, format_value
+from cnnc.dsl.codes import BAD_CALL, MISSING_ARGUMENT, OUT_OF_RANGE, UNKNOWN_ARGUMENT, WRONG_TYPE
 from cnnc.dsl.diagnostics import Diagnostic, Span, error
-
-UNKNOWN_ARGUMENT = "E003"
-WRONG_TYPE = "E004"
-OUT_OF_RANGE = "E005"
-MISSING_ARGUMENT = "E006"
-BAD_CALL = "E007"
 
 
 class ArgError(Exception):
@@ -31,7 +26,8 @@ class ArgError(Exception):
 
 
 class Kind(Protocol):
-    description: str
+    @property
+    def description(self) -> str: ...
 
     def convert(self, value: Any) -> Any: ...
 
@@ -213,8 +209,11 @@ class OneOf:
         return f"{self.what}: one of " + ", ".join(self.options)
 
     def convert(self, value: Any) -> Option:
+        args: tuple[Located, ...] = ()
+        kwargs: tuple[tuple[str, Located], ...] = ()
+        span: Span | None = None
         if isinstance(value, Symbol):
-            name, args, kwargs, span = value.name, (), (), None
+            name = value.name
         elif isinstance(value, CallValue):
             name, args, kwargs, span = value.name, value.args, value.kwargs, value.name_span
         else:

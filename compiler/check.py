@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from cnnc.compiler.elaborate import DUPLICATE_NAME, Elaborator
+from cnnc.compiler.elaborate import Elaborator
 from cnnc.compiler.ir import Graph, Program
 from cnnc.compiler.loader import load
-from cnnc.compiler.ops import DEFAULT_WEIGHT_INIT, WRONG_RANK
+from cnnc.compiler.ops import DEFAULT_WEIGHT_INIT, OPS
+from cnnc.compiler.passes import final_softmax
 from cnnc.compiler.train_config import TrainConfig, check_train
 from cnnc.compiler.values import EvaluationError, Located, evaluate
 from cnnc.dsl import syntax_tree as st
-from cnnc.dsl.diagnostics import Diagnostic, DiagnosticSink, error, sort_key, warning
+from cnnc.dsl.codes import DOUBLE_SOFTMAX, DUPLICATE_NAME, TRAIN_ERROR, WRONG_RANK
+from cnnc.dsl.diagnostics import Diagnostic, DiagnosticSink, error, render_all, sort_key, warning
 from cnnc.dsl.parser import too_deep
+from cnnc.errors import CnncError, UsageError
 
 DEFAULT_MAX_PARAMS = 1_000_000_000
-DOUBLE_SOFTMAX = "W003"
 
 
 @dataclass(frozen=True)
@@ -83,8 +86,6 @@ def _constants(files: list[st.SourceFile], sink: DiagnosticSink) -> dict[str, Lo
 
 
 def _blocks(files: list[st.SourceFile], sink: DiagnosticSink) -> dict[str, st.Block]:
-    from cnnc.compiler.ops import OPS
-
     blocks: dict[str, st.Block] = {}
     for file in files:
         for block in file.blocks:
@@ -119,7 +120,7 @@ def _check_training_output(graph: Graph, train: TrainConfig | None, section: st.
         _check_normalize(graph, train, section, sink)
     if train is None or not train.loss.get("from_logits", False):
         return
-    softmax_at = _final_softmax(graph)
+    softmax_at = final_softmax(graph)
     if softmax_at is not None:
         loss_line = next((s.span.line for s in section.settings if s.key == "loss"), section.span.line)
         sink.add(warning(
@@ -135,24 +136,34 @@ def _check_training_output(graph: Graph, train: TrainConfig | None, section: st.
 def _check_normalize(graph: Graph, train: TrainConfig, section: st.Train, sink: DiagnosticSink) -> None:
     channels = graph.input.shape[0]
     span = next(s.span for s in section.settings if s.key == "normalize")
+    assert train.normalize is not None
     for key in ("mean", "std"):
         values = train.normalize[key]
         if len(values) not in (1, channels):
-            sink.add(error("E030", f"normalize {key} has {len(values)} values, but the input has {channels} "
+            sink.add(error(TRAIN_ERROR, f"normalize {key} has {len(values)} values, but the input has {channels} "
                                    f"channel{'s' if channels > 1 else ''}", span,
                            f"give one value for every channel, or one for all; Received: {key}={values}"))
 
 
-def _final_softmax(graph: Graph):
-    node = graph.output_node
-    while True:
-        activation = node.attrs.get("activation")
-        if node.op == "softmax" or activation is not None and activation.name == "softmax":
-            return node
-        if node.op not in ("dropout", "identity", "flatten") or not node.inputs:
-            return None
-        node = graph.node(node.inputs[0])
-
-
 def _where(span) -> str:
     return f"{span.path}:{span.line}"
+
+
+def spec_path(text: str) -> Path:
+    """The spec file a command names, or a usage error when there is no such file."""
+    path = Path(text)
+    if not path.is_file():
+        raise UsageError(f"no such spec file: {text}" if not path.exists() else f"not a file: {text}")
+    return path
+
+
+def load_program(spec: str, max_params: int | None = None) -> Program:
+    """Check a spec for a command that needs its program: print its diagnostics to stderr, raise on errors."""
+    result = check_file(spec_path(spec), max_params=max_params or DEFAULT_MAX_PARAMS)
+    if result.diagnostics:
+        print(render_all(result.diagnostics, result.sources), end="", file=sys.stderr)
+    if result.has_errors:
+        raise CnncError(f"{spec} has errors (see above)")
+    if result.program is None:
+        raise CnncError(f"{spec} defines no model (it holds only blocks and constants)")
+    return result.program

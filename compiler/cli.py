@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from cnnc.errors import CnncError
+from cnnc.constants import DEFAULT_OPSET, MIN_OPSET
 
 EMIT_CHOICES = ("onnx", "ir")
 
@@ -29,7 +29,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     compile_.add_argument("spec", metavar="SPEC")
     compile_.add_argument("--emit", choices=EMIT_CHOICES, default="onnx", help="what to produce (default: onnx)")
     compile_.add_argument("-o", "--output", metavar="FILE", help="where to write (default: stdout for ir)")
-    compile_.add_argument("--opset", type=int, default=17, help="ONNX opset, 13 or newer (default: 17)")
+    compile_.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                          help=f"ONNX opset, {MIN_OPSET} or newer (default: {DEFAULT_OPSET})")
     compile_.add_argument("--outputs", choices=("logits", "probabilities"), default=None,
                           help="end the ONNX graph with logits or softmax probabilities (default: as the spec ends)")
     compile_.add_argument("--seed", type=int, default=0, help="seed of the documented weight initialisation")
@@ -44,20 +45,11 @@ def _add_max_params(parser: argparse.ArgumentParser) -> None:
                         help=f"refuse models with more parameters than this (default: {DEFAULT_MAX_PARAMS:,})")
 
 
-def _spec_path(text: str) -> Path:
-    from cnnc.cli import UsageError
-
-    path = Path(text)
-    if not path.is_file():
-        raise UsageError(f"no such spec file: {text}" if not path.exists() else f"not a file: {text}")
-    return path
-
-
 def run_check(args: argparse.Namespace) -> int:
-    from cnnc.compiler.check import check_file
+    from cnnc.compiler.check import check_file, spec_path
     from cnnc.dsl.diagnostics import render_all
 
-    paths = [_spec_path(p) for p in args.specs]
+    paths = [spec_path(p) for p in args.specs]
     results = [check_file(p, max_params=args.max_params) for p in paths]
     diagnostics = [d for r in results for d in r.diagnostics]
     if args.json:
@@ -86,31 +78,21 @@ def _diagnostic_json(diagnostic) -> dict:
     }
 
 
-def load_program(spec: str, max_params: int | None = None):
-    """Check a spec for a command that needs its program: print warnings, raise on errors."""
-    from cnnc.compiler.check import DEFAULT_MAX_PARAMS, check_file
-    from cnnc.dsl.diagnostics import render_all
-
-    result = check_file(_spec_path(spec), max_params=max_params or DEFAULT_MAX_PARAMS)
-    if result.diagnostics:
-        print(render_all(result.diagnostics, result.sources), end="", file=sys.stderr)
-    if result.has_errors:
-        raise CnncError(f"{spec} has errors (see above)")
-    if result.program is None:
-        raise CnncError(f"{spec} defines no model (it holds only blocks and constants)")
-    return result.program
-
-
 def run_summary(args: argparse.Namespace) -> int:
     from cnnc.compiler import summary
+    from cnnc.compiler.check import load_program
 
     graph = load_program(args.spec, args.max_params).graph
-    print(json.dumps(summary.to_json(graph), indent=2) if args.json else summary.to_text(graph), end="\n" if args.json else "")
+    if args.json:
+        print(json.dumps(summary.to_json(graph), indent=2))
+    else:
+        print(summary.to_text(graph), end="")
     return 0
 
 
 def run_compile(args: argparse.Namespace) -> int:
-    from cnnc.cli import UsageError
+    from cnnc.compiler.check import load_program
+    from cnnc.errors import UsageError
 
     program = load_program(args.spec, args.max_params)
     if args.emit == "ir":
@@ -124,8 +106,8 @@ def run_compile(args: argparse.Namespace) -> int:
         return 0
     if not args.output:
         raise UsageError("compiling to ONNX needs -o FILE")
-    if args.opset < 13:
-        raise UsageError(f"--opset must be 13 or newer, got {args.opset}")
+    if args.opset < MIN_OPSET:
+        raise UsageError(f"--opset must be {MIN_OPSET} or newer, got {args.opset}")
     from cnnc.compiler.backends.onnx import compile_to_file
 
     compile_to_file(program, args.output, opset=args.opset, outputs=args.outputs, seed=args.seed)

@@ -11,22 +11,31 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from cnnc.compiler import ops as op_rules
+from cnnc.compiler import passes
 from cnnc.compiler.arguments import REQUIRED, ArgError, ArgSpec, Option, bind
 from cnnc.compiler.ir import Attrs, Graph, Node
-from cnnc.compiler.ops import INITIALIZER, OPS, WEIGHTED_OPS, ShapeError, TensorInfo
-from cnnc.compiler.values import EvaluationError, Located, Symbol, evaluate
+from cnnc.compiler.ops import INITIALIZER, INPUT_ARGS, OPS, Field, OpDef, ShapeError, TensorInfo, default_bias_init
+from cnnc.compiler.ops.core import window_field
+from cnnc.compiler.values import EvaluationError, Located, evaluate
 from cnnc.dsl import syntax_tree as st
+from cnnc.dsl.codes import (
+    BAD_INPUT,
+    BAD_REPEAT,
+    DUPLICATE_NAME,
+    MISSING_ARGUMENT,
+    MODEL_TOO_LARGE,
+    RECURSIVE_BLOCK,
+    RESERVED_NAME,
+    UNDEFINED_NAME,
+    UNKNOWN_LAYER,
+    UNREAD_INPUT,
+    UNUSED_OUTPUT,
+    WRONG_TYPE,
+)
 from cnnc.dsl.diagnostics import Diagnostic, DiagnosticSink, Span, error, warning
 
-UNKNOWN_LAYER = "E002"
-UNDEFINED_NAME = "E020"
-DUPLICATE_NAME = "E021"
-RECURSIVE_BLOCK = "E022"
-MODEL_TOO_LARGE = "E025"
-BAD_INPUT = "E026"
-BAD_REPEAT = "E027"
-UNUSED_OUTPUT = "W001"
+# A layer is a PyTorch submodule of its name; torch assigns these attributes of every module at run time.
+RESERVED_NAMES = frozenset({"training"})
 MAX_REPEAT = 1024
 BLOCK_INPUT = "in"
 
@@ -40,7 +49,7 @@ class Tensor:
     origin: str            # the layer that last changed the shape, for messages
     origin_line: int
     formulas: tuple[str, str] | None
-    field: tuple[int, int, int, int]  # receptive field height, width; jump height, width
+    field: Field
 
     def info(self) -> TensorInfo:
         assert self.shape is not None
@@ -87,6 +96,11 @@ class Elaborator:
             return None
         output = scope.output or scope.current
         if output is None or output.shape is None or sum(d.is_error for d in self.sink.items) > errors_before:
+            return None
+        if output.node == inputs[0].name:
+            where = next((s.span for s in model.body if isinstance(s, st.OutputDecl)), model.name_span)
+            self._error(scope, BAD_INPUT, f"model '{model.name}' outputs its input unchanged: it computes nothing",
+                        where, "add layers after the input, or make a layer the output")
             return None
         graph = Graph(model.name, tuple(n for n in self.nodes.values() if n is not None), output.node,
                       inputs[0].attrs["dtype"], model.span.path)
@@ -143,16 +157,16 @@ class Elaborator:
         if any(n is not None and n.op == "input" for n in self.nodes.values()):
             self._error(scope, BAD_INPUT, "a model has exactly one input; this is a second", decl.span)
             return
-        bound = self._bind("input", op_rules.INPUT_ARGS, decl.args, decl.span, scope)
+        bound = self._bind("input", INPUT_ARGS, decl.args, decl.span, scope)
         if bound is None:
             self.nodes[decl.name] = None
             scope.tensors[decl.name] = scope.current = Tensor(decl.name, None, decl.name, decl.span.line, None,
-                                                              (1, 1, 1, 1))
+                                                              Field.pixel())
             return
         shape = (bound["channels"], bound["height"], bound["width"])
         node = Node(decl.name, "input", (), Attrs.of({"dtype": bound["dtype"]}), shape, 0, 0, 0, (1, 1), decl.span)
         self.nodes[decl.name] = node
-        tensor = Tensor(decl.name, shape, decl.name, decl.span.line, None, (1, 1, 1, 1))
+        tensor = Tensor(decl.name, shape, decl.name, decl.span.line, None, Field.pixel())
         scope.tensors[decl.name] = scope.current = tensor
 
     def _repeat(self, repeat: st.Repeat, scope: Scope) -> None:
@@ -218,7 +232,7 @@ class Elaborator:
 
     # --- ops --------------------------------------------------------------------------------------
 
-    def _apply(self, op: op_rules.OpDef, call: st.Call, inputs: list[Tensor], name: str, scope: Scope) -> Tensor:
+    def _apply(self, op: OpDef, call: st.Call, inputs: list[Tensor], name: str, scope: Scope) -> Tensor:
         args = () if op.is_merge else call.args
         bound = self._bind(f"{op.name} '{name}'", op.args, args, call.span, scope)
         unknown = Tensor(name, None, name, call.span.line, None, inputs[0].field)
@@ -235,17 +249,19 @@ class Elaborator:
             self.nodes[name] = None
             return unknown
         for message, notes in inferred.warnings:
-            self.sink.add(warning("W002", message, call.span, *notes, *scope.context))
+            self.sink.add(warning(UNREAD_INPUT, message, call.span, *notes, *scope.context))
         attrs = {**bound, **inferred.attrs}
-        if op.name in WEIGHTED_OPS:
+        if "init" in op.arg_names:
             attrs["init"] = attrs["init"] or self.weight_init
-            attrs["bias_init"] = attrs["bias_init"] or op_rules.default_bias_init(attrs["init"])
-        cost = op.cost(attrs, tuple(t.shape for t in inputs), inferred.shape)
-        field_ = _receptive_field(op, attrs, inputs)
-        keeps_shape = not op.is_merge and inferred.shape == inputs[0].shape and not op.windowed
+            attrs["bias_init"] = attrs["bias_init"] or default_bias_init(attrs["init"])
+        input_shapes = tuple(t.shape for t in inputs if t.shape is not None)
+        arrays = op.parameters(attrs, inferred.shape)
+        field_ = op.field(attrs, tuple(t.field for t in inputs), input_shapes)
+        keeps_shape = not op.is_merge and inferred.shape == inputs[0].shape and op.field is not window_field
         formulas = inferred.formulas or (inputs[0].formulas if keeps_shape else None)
-        node = Node(name, op.name, tuple(t.node for t in inputs), Attrs.of(attrs), inferred.shape, cost.params,
-                    cost.non_trainable, cost.macs, field_[:2], call.span, formulas)
+        node = Node(name, op.name, tuple(t.node for t in inputs), Attrs.of(attrs), inferred.shape,
+                    sum(a.size for a in arrays if a.trainable), sum(a.size for a in arrays if not a.trainable),
+                    op.macs(attrs, input_shapes, inferred.shape), field_.size, call.span, formulas)
         self.nodes[name] = node
         origin = (inputs[0].origin, inputs[0].origin_line) if keeps_shape else (name, call.span.line)
         return Tensor(name, inferred.shape, *origin, node.formulas, field_)
@@ -255,7 +271,7 @@ class Elaborator:
         explicit: list[Tensor] = []
         for arg in call.args:
             if arg.keyword is not None or not isinstance(arg.value, st.Name):
-                self._error(scope, "E004", f"{call.name} takes tensor names, as in {call.name}(a, b)", arg.span)
+                self._error(scope, WRONG_TYPE, f"{call.name} takes tensor names, as in {call.name}(a, b)", arg.span)
                 return None
             tensor = self._lookup(arg.value.name, arg.span, scope)
             if tensor is None:
@@ -263,7 +279,7 @@ class Elaborator:
             explicit.append(tensor)
         inputs = [running, *explicit] if chained or len(explicit) == 1 else explicit
         if len(inputs) < 2:
-            self._error(scope, "E006", f"{call.name} needs at least two inputs", call.span,
+            self._error(scope, MISSING_ARGUMENT, f"{call.name} needs at least two inputs", call.span,
                         f"name them, as in {call.name}(a, b), or chain one in: a -> {call.name}(b)")
             return None
         return inputs
@@ -307,6 +323,11 @@ class Elaborator:
         if target is not None:
             if target in OPS or target == BLOCK_INPUT:
                 self._error(scope, DUPLICATE_NAME, f"'{target}' cannot name a tensor: it is a layer name", span)
+                return None
+            if target in RESERVED_NAMES or target.startswith("_"):
+                self._error(scope, RESERVED_NAME, f"'{target}' cannot name a layer: PyTorch modules set an attribute "
+                            "of that name while training", span, "names starting with '_', and 'training', are "
+                            "reserved; choose another name")
                 return None
             name = f"{scope.prefix}{target}{scope.suffix}"
             if name in self.nodes or target in scope.tensors:
@@ -399,12 +420,8 @@ class Elaborator:
         self.sink.add(replace(diagnostic, notes=(*diagnostic.notes, *scope.context)))
 
     def _warn_unused(self, graph: Graph) -> None:
-        needed = {graph.output}
-        for node in reversed(graph.nodes):
-            if node.name in needed:
-                needed.update(node.inputs)
-        dead = [n for n in graph.nodes if n.name not in needed and n.op != "input"]
-        for node in dead:
+        needed = passes.live_nodes(graph)
+        for node in passes.dead_nodes(graph):
             if self.consumers.get(node.name):
                 continue
             upstream = _dead_upstream(node, graph, needed)
@@ -435,7 +452,7 @@ def _assigned_names(body: Iterable[st.Statement]) -> set[str]:
     return names
 
 
-def _dead_upstream(node: Node, graph: Graph, needed: set[str]) -> list[str]:
+def _dead_upstream(node: Node, graph: Graph, needed: frozenset[str]) -> list[str]:
     found: list[str] = []
     frontier = list(node.inputs)
     while frontier:
@@ -446,18 +463,3 @@ def _dead_upstream(node: Node, graph: Graph, needed: set[str]) -> list[str]:
         found.append(name)
         frontier.extend(producer.inputs)
     return sorted(found)
-
-
-def _receptive_field(op: op_rules.OpDef, attrs: Mapping[str, Any], inputs: list[Tensor]) -> tuple[int, int, int, int]:
-    if op.is_merge:
-        return tuple(max(t.field[i] for t in inputs) for i in range(4))  # type: ignore[return-value]
-    field_h, field_w, jump_h, jump_w = inputs[0].field
-    if op.windowed:
-        (kh, kw), (sh, sw) = attrs["kernel"], attrs["stride"]
-        dh, dw = attrs.get("dilation", (1, 1))
-        field_h, jump_h = op_rules.shapes.receptive_field(field_h, jump_h, kh, sh, dh)
-        field_w, jump_w = op_rules.shapes.receptive_field(field_w, jump_w, kw, sw, dw)
-    elif len(inputs[0].shape) == 3 and op.name in ("global_avgpool", "global_maxpool", "flatten"):
-        _, height, width = inputs[0].shape
-        field_h, field_w = field_h + (height - 1) * jump_h, field_w + (width - 1) * jump_w
-    return field_h, field_w, jump_h, jump_w

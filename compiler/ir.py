@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from cnnc.compiler.arguments import Option
@@ -41,11 +42,14 @@ class Attrs:
     def __iter__(self) -> Iterator[tuple[str, Any]]:
         return iter(self.items)
 
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.items)
+
 
 @dataclass(frozen=True)
 class Node:
     name: str                      # unique; block instances nest with dots: "res1.conv2"
-    op: str                        # a key of compiler.ops.OPS, or "input"
+    op: str                        # a key of the op registry (compiler.ops.OPS), or "input"
     inputs: tuple[str, ...]        # names of the producing nodes, in argument order
     attrs: Attrs
     shape: tuple[int, ...]         # output shape without the batch: (C, H, W) or (N,)
@@ -70,10 +74,11 @@ class Graph:
         return self.nodes[0]
 
     def node(self, name: str) -> Node:
-        for node in self.nodes:
-            if node.name == name:
-                return node
-        raise KeyError(name)
+        return self._by_name[name]
+
+    @cached_property
+    def _by_name(self) -> dict[str, Node]:
+        return {node.name: node for node in self.nodes}
 
     @property
     def output_node(self) -> Node:

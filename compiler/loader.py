@@ -7,11 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cnnc.dsl import syntax_tree as st
+from cnnc.dsl.codes import INCLUDE_CYCLE, INCLUDE_ERROR
 from cnnc.dsl.diagnostics import Diagnostic, error
 from cnnc.dsl.parser import parse
-
-INCLUDE_CYCLE = "E023"
-INCLUDE_ERROR = "E024"
 
 
 @dataclass

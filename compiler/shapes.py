@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 
 def effective_kernel(kernel: int, dilation: int = 1) -> int:
@@ -70,7 +71,8 @@ def same_output(size: int, stride: int) -> AxisResult:
     return AxisResult(output, formula, 0)
 
 
-def receptive_field(field: int, jump: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+def receptive_field(field: Fraction, jump: Fraction, kernel: int, stride: int,
+                    dilation: int = 1) -> tuple[Fraction, Fraction]:
     """(receptive field, jump) after a window: each output sees kernel-1 more input steps."""
     return field + (effective_kernel(kernel, dilation) - 1) * jump, jump * stride
 

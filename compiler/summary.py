@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cnnc.compiler.ir import Graph, Node
+from cnnc.compiler.passes import dead_nodes, prune
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 PARAM_BYTES = 4  # parameters are kept in float32 whatever the input's dtype
@@ -41,11 +42,17 @@ def describe_op(node: Node) -> str:
     return f"{node.op}+{activation.name}" if activation is not None else node.op
 
 
+DEAD_MARK = " (dead)"
+
+
 def dims(shape: tuple[int, ...]) -> str:
     return "x".join(str(d) for d in shape)
 
 
 def to_json(graph: Graph) -> dict[str, Any]:
+    """Totals count the live layers, the ones the backends build; dead ones are listed apart."""
+    dead = {node.name for node in dead_nodes(graph)}
+    live = prune(graph)
     return {
         "model": graph.name,
         "input_shape": list(graph.input.shape),
@@ -63,23 +70,31 @@ def to_json(graph: Graph) -> dict[str, Any]:
                 "macs": n.macs,
                 "receptive_field": list(n.receptive_field),
                 "line": n.span.line,
+                "dead": n.name in dead,
             }
             for n in graph.nodes
         ],
-        "total_params": graph.trainable_params + graph.non_trainable_params,
-        "trainable_params": graph.trainable_params,
-        "non_trainable_params": graph.non_trainable_params,
-        "total_macs": graph.total_macs,
-        "total_flops": 2 * graph.total_macs,
-        "param_bytes": (graph.trainable_params + graph.non_trainable_params) * PARAM_BYTES,
-        "peak_activation_bytes": peak_activation_bytes(graph),
+        "total_params": live.trainable_params + live.non_trainable_params,
+        "trainable_params": live.trainable_params,
+        "non_trainable_params": live.non_trainable_params,
+        "total_macs": live.total_macs,
+        "total_flops": 2 * live.total_macs,
+        "param_bytes": (live.trainable_params + live.non_trainable_params) * PARAM_BYTES,
+        "peak_activation_bytes": peak_activation_bytes(live),
+        "dead_layers": sorted(dead),
+        "dead_params": graph.trainable_params + graph.non_trainable_params - live.trainable_params
+        - live.non_trainable_params,
+        "dead_macs": graph.total_macs - live.total_macs,
     }
 
 
 def to_text(graph: Graph) -> str:
+    """The layer table, then totals over the live layers (those the backends build)."""
+    dead = {node.name for node in dead_nodes(graph)}
     header = ("layer", "op", "output (C,H,W)", "params", "MACs", "RF", "inputs")
     rows = [
-        (n.name, describe_op(n), dims(n.shape), f"{n.params:,}", f"{n.macs:,}", dims(n.receptive_field),
+        (n.name, describe_op(n) + (DEAD_MARK if n.name in dead else ""), dims(n.shape), f"{n.params:,}",
+         f"{n.macs:,}", dims(n.receptive_field),
          ", ".join(n.inputs) if _merges_or_jumps(graph, n) else "")
         for n in graph.nodes
     ]
@@ -87,20 +102,26 @@ def to_text(graph: Graph) -> str:
     right = {3, 4}
 
     def line(cells) -> str:
-        text = "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        text = "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths)))
         return text.rstrip()
 
-    trainable, frozen = graph.trainable_params, graph.non_trainable_params
+    live = prune(graph)
+    trainable, frozen = live.trainable_params, live.non_trainable_params
     param_bytes = (trainable + frozen) * PARAM_BYTES
     totals = [
         ("trainable parameters", f"{trainable:,}"),
         ("non-trainable values", f"{frozen:,}" + ("  (batch-norm running mean and variance)" if frozen else "")),
         ("total (Keras's 'Total params')", f"{trainable + frozen:,}"),
-        ("MACs per sample", f"{graph.total_macs:,}"),
-        ("FLOPs per sample (2 x MACs)", f"{2 * graph.total_macs:,}"),
+        ("MACs per sample", f"{live.total_macs:,}"),
+        ("FLOPs per sample (2 x MACs)", f"{2 * live.total_macs:,}"),
         ("parameter memory (float32)", _bytes(param_bytes)),
-        (f"peak activation memory ({graph.dtype}, per sample)", _bytes(peak_activation_bytes(graph))),
+        (f"peak activation memory ({graph.dtype}, per sample)", _bytes(peak_activation_bytes(live))),
     ]
+    if dead:
+        dead_params = graph.trainable_params + graph.non_trainable_params - trainable - frozen
+        totals.append(("dead layers (not built, exported or counted above)",
+                       f"{len(dead)} layers, {dead_params:,} parameters, {graph.total_macs - live.total_macs:,} MACs"))
     label_width = max(len(k) for k, _ in totals)
     out = [f"model {graph.name}: input {dims(graph.input.shape)} {graph.dtype}, batch symbolic, "
            f"output '{graph.output}' {dims(graph.output_node.shape)}", "", line(header),

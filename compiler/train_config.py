@@ -10,21 +10,30 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cnnc.compiler.arguments import (
-    ArgError, ArgSpec, Bool, Choice, Float, Floats, Int, OneOf, Option, Text, UNKNOWN_ARGUMENT, BAD_CALL,
+    ArgError,
+    ArgSpec,
+    Bool,
+    Choice,
+    Float,
+    Floats,
+    Int,
+    Kind,
+    OneOf,
+    Option,
+    Text,
 )
 from cnnc.compiler.values import EvaluationError, Located, evaluate, format_value
+from cnnc.constants import BUILT_IN_DATASETS, PATH_DATASETS
 from cnnc.dsl import syntax_tree as st
+from cnnc.dsl.codes import BAD_CALL, TRAIN_ERROR
 from cnnc.dsl.diagnostics import Diagnostic, error
-
-TRAIN_ERROR = "E030"
 
 LR = ArgSpec("lr", Float(minimum=0), 0.01, positional=True)
 WEIGHT_DECAY = ArgSpec("weight_decay", Float(minimum=0), 0.0)
 
 DATASETS = OneOf("a dataset", {
-    "mnist": (), "fashion_mnist": (), "cifar10": (), "xo": (),
-    "folder": (ArgSpec("path", Text(), positional=True),),
-    "npz": (ArgSpec("path", Text(), positional=True),),
+    **{name: () for name in BUILT_IN_DATASETS},
+    **{name: (ArgSpec("path", Text(), positional=True),) for name in PATH_DATASETS},
 })
 
 OPTIMIZERS = OneOf("an optimizer", {
@@ -101,7 +110,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class _Setting:
     field: str
-    kind: object
+    kind: Kind
     many: bool = False
 
 
@@ -140,7 +149,7 @@ def check_train(section: st.Train, constants: Mapping[str, Located]) -> tuple[Tr
         converted = _convert(setting, SETTINGS[setting.key], constants, problems)
         if converted is not None:
             values[SETTINGS[setting.key].field] = converted
-    config = TrainConfig(**values)
+    config = TrainConfig(**values)  # type: ignore[arg-type]  # each value converted by its field's kind
     problems += _cross_checks(config, section, seen)
     return config, problems
 
@@ -158,8 +167,7 @@ def _convert(setting: st.Setting, spec: _Setting, constants, problems: list[Diag
         except EvaluationError as bad:
             problems.append(bad.diagnostic)
         except ArgError as bad:
-            code = UNKNOWN_ARGUMENT if "has no argument" in str(bad) else bad.code
-            problems.append(error(code, f"train setting '{setting.key}' {bad}", expr.span, *bad.notes,
+            problems.append(error(bad.code, f"train setting '{setting.key}' {bad}", expr.span, *bad.notes,
                                   f"Received: {setting.key} {format_value(located.value)}"))
     if len(results) != len(setting.values):
         return None

@@ -8,10 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cnnc.dsl import syntax_tree as st
+from cnnc.dsl.codes import BAD_ARITHMETIC, UNDEFINED_NAME
 from cnnc.dsl.diagnostics import Diagnostic, Span, error
-
-UNDEFINED_NAME = "E020"
-BAD_ARITHMETIC = "E004"
 
 
 @dataclass(frozen=True)

@@ -32,13 +32,13 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-from cnnc.errors import CnncError
 from cnnc.datasets.dataset import Dataset, split_validation
 from cnnc.datasets.folder import load_folder
 from cnnc.datasets.npz import load_npz
 from cnnc.datasets.registry import DATASETS, SPLITS, STANDARD_DATASETS, DatasetInfo, default_data_root
 from cnnc.datasets.standard import load_standard
 from cnnc.datasets.xo import generate_xo
+from cnnc.errors import CnncError
 
 __all__ = ["DATASETS", "DEFAULT_DATA_ROOT", "Dataset", "DatasetInfo", "load_dataset", "split_validation"]
 

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from cnnc.errors import CnncError
 from cnnc.datasets.files import RawFile
 from cnnc.datasets.idx import check_label_range
+from cnnc.errors import CnncError
 
 IMAGE_SHAPE = (3, 32, 32)
 RECORD_SIZE = 1 + 3 * 32 * 32

@@ -21,9 +21,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from cnnc.errors import CnncError
 from cnnc.datasets.files import Checksum, DataFile
 from cnnc.datasets.registry import Archive, StandardDataset
+from cnnc.errors import CnncError
 
 MIRROR_ENV = "CNNC_DATASET_MIRROR"
 CHUNK_SIZE = 1 << 20

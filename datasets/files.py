@@ -90,9 +90,9 @@ def gunzip(path: Path, compressed: bytes) -> bytes:
 
 def checksum_problem(raw: RawFile, stored: bytes, spec: DataFile, dataset: str) -> str | None:
     """Why `raw` (stored on disk as `stored`) is not the canonical file `spec`, or None if it is."""
-    if raw.path.name.endswith(GZIP_SUFFIX) and spec.gz_checksum is not None:
-        if spec.gz_checksum.of(stored) == spec.gz_checksum.hexdigest:
-            return None
+    gz_checksum = spec.gz_checksum if raw.path.name.endswith(GZIP_SUFFIX) else None
+    if gz_checksum is not None and gz_checksum.of(stored) == gz_checksum.hexdigest:
+        return None
     if spec.raw_checksum is None:
         if len(raw.data) == spec.raw_size:
             return None

@@ -17,8 +17,8 @@ from types import ModuleType
 
 import numpy as np
 
-from cnnc.errors import CnncError
 from cnnc.datasets.dataset import Dataset
+from cnnc.errors import CnncError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 GREYSCALE_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from cnnc.errors import CnncError
 from cnnc.datasets.files import RawFile
+from cnnc.errors import CnncError
 
 IMAGES_MAGIC = 2051  # 0x0803: unsigned bytes, 3 dimensions
 LABELS_MAGIC = 2049  # 0x0801: unsigned bytes, 1 dimension

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnc.errors import CnncError
 from cnnc.datasets.dataset import Dataset
+from cnnc.errors import CnncError
 
 CHANNEL_COUNTS = (1, 3)
 LABEL_KEYS = ("y_train", "y_test", "y")

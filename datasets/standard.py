@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from cnnc.errors import CnncError
 from cnnc.datasets.dataset import Dataset
 from cnnc.datasets.download import download_files, source_url
 from cnnc.datasets.files import DataFile, locate, read_data_file
 from cnnc.datasets.registry import DATA_ROOT_ENV, StandardDataset
+from cnnc.errors import CnncError
 
 
 def load_standard(

@@ -54,7 +54,8 @@ def _x_distance(rng: np.random.Generator, count: int) -> np.ndarray:
     shear = _uniform(rng, -0.25, 0.25, (count, 1))
     corners = _SQUARE_CORNERS + _uniform(rng, -0.15, 0.15, (count, 4)) + 1j * _uniform(rng, -0.15, 0.15, (count, 4))
     ends = (half_size * rotation * (corners + shear * corners.imag)).astype(_COMPLEX)
-    return np.minimum(_segment_distance(points, ends[:, 0], ends[:, 1]), _segment_distance(points, ends[:, 2], ends[:, 3]))
+    return np.minimum(_segment_distance(points, ends[:, 0], ends[:, 1]),
+                      _segment_distance(points, ends[:, 2], ends[:, 3]))
 
 
 def _segment_distance(points: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
+from cnnc.dsl.codes import CODES
 
 MAX_EXCERPT = 100  # characters of a source line shown around the caret
 
@@ -53,10 +54,12 @@ class Diagnostic:
 
 
 def error(code: str, message: str, span: Span | None, *notes: str) -> Diagnostic:
+    assert code in CODES and CODES[code].is_error, f"{code} is not a registered error code (dsl/codes.py)"
     return Diagnostic(Severity.ERROR, code, message, span, tuple(notes))
 
 
 def warning(code: str, message: str, span: Span | None, *notes: str) -> Diagnostic:
+    assert code in CODES and not CODES[code].is_error, f"{code} is not a registered warning code (dsl/codes.py)"
     return Diagnostic(Severity.WARNING, code, message, span, tuple(notes))
 
 
@@ -65,9 +68,11 @@ class DiagnosticSink:
     """Collects diagnostics so that a whole file is checked in one run, not stopped at the first."""
 
     items: list[Diagnostic] = field(default_factory=list)
+    _seen: set[Diagnostic] = field(default_factory=set, repr=False)
 
     def add(self, diagnostic: Diagnostic) -> None:
-        if diagnostic not in self.items:
+        if diagnostic not in self._seen:  # a set: checking stays linear in the number of diagnostics
+            self._seen.add(diagnostic)
             self.items.append(diagnostic)
 
     def extend(self, diagnostics: Iterable[Diagnostic]) -> None:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib import resources
 
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from cnnc.dsl import syntax_tree as st
+from cnnc.dsl.codes import BAD_ARITHMETIC, SYNTAX_ERROR
 from cnnc.dsl.diagnostics import Diagnostic, Span, error
-
-SYNTAX_ERROR = "E001"
 
 # What a person calls each token the grammar can expect.
 TOKEN_WORDS = {
@@ -172,7 +171,7 @@ def _describe_expected(failure: UnexpectedInput) -> str:
     return "one of " + ", ".join(words[:-1]) + " or " + words[-1]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _terminal_patterns() -> dict[str, str]:
     return {t.name: t.pattern.value for t in _lark().terminals if t.pattern.type == "str"}
 
@@ -216,7 +215,7 @@ class _ToSyntaxTree(Transformer):
         except ValueError:
             value = float("inf")
         if is_float and value == float("inf") or len(text) > 40:
-            raise _NumberTooLarge(error("E004", f"the number {text[:20]}... is too large", self._s(meta)))
+            raise _NumberTooLarge(error(BAD_ARITHMETIC, f"the number {text[:20]}... is too large", self._s(meta)))
         return st.Number(value, self._s(meta))
 
     def negative_number(self, meta, children):

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 from cnnc.dsl.diagnostics import Span
 
-
 # Expressions ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)

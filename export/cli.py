@@ -9,7 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
-DEFAULT_OPSET = 17      # compiler.backends.onnx.DEFAULT_OPSET, repeated to keep onnx out of `cnnc --help`
+from cnnc.constants import DEFAULT_OPSET, MIN_OPSET
+
 DEFAULT_TOLERANCE = 1e-4
 
 
@@ -27,7 +28,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--outputs", choices=("logits", "probabilities"), default=None,
                         help="end the graph with logits or softmax probabilities (default: as the spec ends)")
     export.add_argument("--opset", type=int, default=DEFAULT_OPSET,
-                        help=f"ONNX opset, 13 or newer (default: {DEFAULT_OPSET})")
+                        help=f"ONNX opset, {MIN_OPSET} or newer (default: {DEFAULT_OPSET})")
     export.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                         help=f"the parity gate's tolerance (default: {DEFAULT_TOLERANCE:g})")
     export.add_argument("--best", action="store_true",
@@ -36,7 +37,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from cnnc.cli import UsageError
+    from cnnc.errors import UsageError
 
     source = Path(args.checkpoint)
     if not source.exists():
@@ -48,8 +49,8 @@ def run_export(args: argparse.Namespace) -> int:
         raise UsageError(f"the output's directory does not exist: {output.parent}")
     if output.is_dir():
         raise UsageError(f"-o names a directory: {output}")
-    if args.opset < 13:
-        raise UsageError(f"--opset must be 13 or newer, got {args.opset}")
+    if args.opset < MIN_OPSET:
+        raise UsageError(f"--opset must be {MIN_OPSET} or newer, got {args.opset}")
     if not args.tolerance > 0:
         raise UsageError(f"--tolerance must be positive, got {args.tolerance:g}")
 

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from cnnc.errors import CnncError
-from cnnc.files import replacing
 from cnnc.export.parity import DEFAULT_BATCH_SIZES, DEFAULT_TOLERANCE, ParityReport, first_divergence, run_gate
+from cnnc.files import replacing
 
 Tamper = Callable[[Any], None]  # a test hook: changes each onnx.ModelProto before it is used
 
@@ -60,7 +60,7 @@ def export_checkpoint(
     """Export a training.checkpoint.Checkpoint (anything with its model_state, spec_path, sources,
     classes, preprocess, dataset and test_accuracy) to `output`, behind the parity gate."""
     from cnnc.compiler.backends import onnx as backend
-    from cnnc.compiler.backends.onnx_outputs import output_kind, with_outputs
+    from cnnc.compiler.passes import output_kind, with_outputs
 
     opset = backend.DEFAULT_OPSET if opset is None else opset
     backend.check_opset(opset)
@@ -92,6 +92,7 @@ def export_checkpoint(
             tolerance=tolerance, batch_sizes=batch_sizes, preprocess=preprocess, seed=seed,
         )
         if not report.passed:
+            assert failing is not None  # the gate returns the failing batch with a failed report
             report = _diagnose(report, program, graph, weights, module, failing, opset, outputs, tamper)
             raise ParityError(_failure_message(report), report)
     return ExportResult(output, report, output_kind(graph), opset, output.stat().st_size)

@@ -13,8 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cnnc.cli import UsageError
-from cnnc.errors import CnncError
+from cnnc.errors import CnncError, UsageError
 
 if TYPE_CHECKING:
     from cnnc.runtime.model import Model, Prediction

@@ -23,7 +23,7 @@ import numpy as np
 from cnnc.errors import CnncError
 
 PathLike = Union[str, "os.PathLike[str]"]
-ImageInput = Union[PathLike, np.ndarray, Sequence[Union[PathLike, np.ndarray]]]
+ImageInput = Union[PathLike, np.ndarray, Sequence[PathLike | np.ndarray]]
 
 _PILLOW_MODES = {1: "L", 3: "RGB"}
 _COLOUR_NAMES = {1: "grayscale", 3: "RGB"}

@@ -7,10 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cnnc.constants import PIXEL_SCALE
 from cnnc.errors import CnncError
 from cnnc.runtime.metadata import PREPROCESS_KEY, read_json
-
-RAW_PIXEL_SCALE = 1 / 255
 
 
 @dataclass(frozen=True)
@@ -20,7 +19,7 @@ class Preprocessing:
     The default (no `cnnc.preprocess` metadata) only maps [0, 255] to [0, 1].
     """
 
-    scale: float = RAW_PIXEL_SCALE
+    scale: float = PIXEL_SCALE
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
 
@@ -32,7 +31,7 @@ class Preprocessing:
         if not isinstance(spec, dict):
             raise CnncError(f"model metadata '{PREPROCESS_KEY}' must be a JSON object, not {spec!r}")
         preprocessing = cls(
-            scale=_number(spec.get("scale", RAW_PIXEL_SCALE), "scale"),
+            scale=_number(spec.get("scale", PIXEL_SCALE), "scale"),
             mean=_per_channel(spec.get("mean", [0.0]), "mean", channels),
             std=_per_channel(spec.get("std", [1.0]), "std", channels),
         )

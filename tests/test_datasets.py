@@ -415,7 +415,8 @@ def test_npz_single_split_with_class_names(tmp_path: Path) -> None:
          r"has no train split: it needs the arrays x_train and y_train \(or x and y\), but holds images, labels"),
         ({"x": np.zeros((2, 4, 4), np.float32), "y": np.zeros(2, int)}, r"x has dtype float32; images must be uint8"),
         ({"x": np.zeros((2, 4, 4), np.uint8), "y": np.zeros(3, int)}, r"x holds 2 images but y holds 3 labels"),
-        ({"x": np.zeros((2, 4, 4), np.uint8), "y": np.zeros(2, float)}, r"y has dtype float64; labels must be integers"),
+        ({"x": np.zeros((2, 4, 4), np.uint8), "y": np.zeros(2, float)},
+         r"y has dtype float64; labels must be integers"),
         ({"x": np.zeros((2, 5, 5, 5), np.uint8), "y": np.zeros(2, int)}, r"x has shape \(2, 5, 5, 5\)"),
         ({"x": np.zeros((2, 4, 4), np.uint8), "y": np.array([0, -1])}, r"negative label -1"),
         ({"x": np.zeros((2, 4, 4), np.uint8), "y": np.array([0, 2]), "classes": np.array(["a", "b"])},
@@ -530,7 +531,8 @@ def test_download_http_error_and_no_server(tmp_path: Path, serve: functools.part
     with socket.socket() as unused:  # a port with no server behind it
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]
-    with pytest.raises(CnncError, match=r"cannot download http://127\.0\.0\.1:\d+/mnist/t10k-images.*no network access"):
+    refused = r"cannot download http://127\.0\.0\.1:\d+/mnist/t10k-images.*no network access"
+    with pytest.raises(CnncError, match=refused):
         load_dataset("mnist", "test", tmp_path / "b", download=True, progress=False, mirror=f"http://127.0.0.1:{port}")
 
 

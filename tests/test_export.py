@@ -10,7 +10,6 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
-
 from test_onnx_support import ROOT, max_error, run_ort
 
 torch = pytest.importorskip("torch")
@@ -65,8 +64,8 @@ def metadata(path) -> dict[str, str]:
 
 
 def torch_output(checkpoint, x, outputs=None):
-    from cnnc.compiler.backends.onnx_outputs import with_outputs
     from cnnc.compiler.backends.pytorch import build_module
+    from cnnc.compiler.passes import with_outputs
 
     graph = with_outputs(exporter.program_of(checkpoint).graph, outputs)
     with torch.no_grad():

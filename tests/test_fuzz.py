@@ -9,9 +9,9 @@ import random
 from pathlib import Path
 
 import pytest
+from fuzzing import mutate
 
 from cnnc.compiler.check import check_file
-from fuzzing import mutate
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted((ROOT / "specs").glob("*.cnn"))

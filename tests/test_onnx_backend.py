@@ -12,11 +12,11 @@ import onnx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_onnx_support import ROOT, SPECS, inferred_shapes, program_of, run_ort, spec_program, spec_texts
 
 from cnnc.compiler.backends import onnx as backend
-from cnnc.compiler.backends.onnx_outputs import final_softmax, with_outputs
 from cnnc.compiler.backends.weights import parameter_shapes
-from test_onnx_support import ROOT, SPECS, inferred_shapes, program_of, run_ort, spec_program, spec_texts
+from cnnc.compiler.passes import dead_nodes, final_softmax, prune, with_outputs
 
 # Op types a cnnc graph may contain; notably no Transpose, Shape, Gather, Reshape, Cast or Constant.
 ALLOWED_OPS = {
@@ -44,10 +44,12 @@ def test_every_spec_checks_and_infers_the_irs_shapes(spec, opset):
     check_model(model, program.graph)
     assert model.opset_import[0].version == opset
     assert model.ir_version == backend.ir_version_for(opset)
-    # every layer on the way to the output is a tensor of that name (dropout and identity pass theirs on)
+    # every layer on the way to the output is a tensor of that name (dropout and identity pass theirs on);
+    # dead layers are left out
     tensors = {o for n in model.graph.node for o in n.output}
-    for node in program.graph.nodes[1:]:
+    for node in prune(program.graph).nodes[1:]:
         assert node.name in tensors or node.op in ("dropout", "identity"), node.name
+    assert not tensors & {node.name for node in dead_nodes(program.graph)}
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
@@ -65,7 +67,7 @@ def test_generated_specs_check_and_infer_the_irs_shapes(spec, opset):
 @pytest.mark.parametrize("opset", range(13, 23))
 def test_ir_version_is_the_lowest_the_opset_needs(opset):
     expected = {13: 7, 14: 7, 15: 8, 16: 8, 17: 8, 18: 8, 19: 9, 20: 9, 21: 10, 22: 10}[opset]
-    model = backend.to_onnx(spec_program("xo.cnn"), opset=opset)
+    model = backend.to_onnx(spec_program("specs/xo.cnn"), opset=opset)
     assert model.ir_version == expected
     onnx.checker.check_model(model, full_check=True)
 
@@ -100,7 +102,7 @@ def test_opset_outside_the_range_is_an_input_error():
 
     for opset in (12, backend.max_opset() + 1):
         with pytest.raises(CnncError, match="opset"):
-            backend.to_onnx(spec_program("xo.cnn"), opset=opset)
+            backend.to_onnx(spec_program("specs/xo.cnn"), opset=opset)
 
 
 # --- readability -------------------------------------------------------------------------------------
@@ -110,7 +112,7 @@ def compact(model: onnx.ModelProto) -> list[str]:
 
 
 def test_a_small_graph_reads_like_its_spec():
-    model = backend.to_onnx(spec_program("keras_mnist.cnn"))
+    model = backend.to_onnx(spec_program("specs/keras_mnist.cnn"))
     assert compact(model) == [
         "Conv conv1: image, conv1.weight, conv1.bias -> conv1/preact",
         "Relu conv1/relu: conv1/preact -> conv1",
@@ -149,7 +151,7 @@ def test_names_follow_the_spec_and_no_op_is_noise(spec):
 
 
 def test_resnet_keeps_dotted_block_names_and_asymmetric_same_pads():
-    model = backend.to_onnx(spec_program("resnet_cifar.cnn"))
+    model = backend.to_onnx(spec_program("specs/resnet_cifar.cnn"))
     conv = next(n for n in model.graph.node if n.name == "residual_down1.conv1")
     attributes = {a.name: onnx.helper.get_attribute_value(a) for a in conv.attribute}
     # 32x32, kernel 3, stride 2, TF same: 1 row/column of padding, at the bottom/right
@@ -185,7 +187,7 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 
 def test_logits_strips_a_fused_final_softmax():
-    program = spec_program("keras_mnist.cnn")
+    program = spec_program("specs/keras_mnist.cnn")
     x = np.random.default_rng(0).standard_normal((3, 1, 28, 28)).astype(np.float32)
     default, logits = backend.to_onnx(program), backend.to_onnx(program, outputs="logits")
     assert [n.op_type for n in logits.graph.node][-1] == "Gemm"
@@ -210,7 +212,7 @@ def test_logits_strips_a_softmax_layer_behind_dropout_and_flatten():
 
 
 def test_probabilities_appends_a_named_softmax():
-    program = spec_program("xo.cnn")
+    program = spec_program("specs/xo.cnn")
     x = np.random.default_rng(1).standard_normal((4, 1, 28, 28)).astype(np.float32)
     model = backend.to_onnx(program, outputs="probabilities")
     last = model.graph.node[-1]
@@ -231,7 +233,7 @@ def metadata(model: onnx.ModelProto) -> dict[str, str]:
 
 
 def test_metadata_holds_exactly_the_runtimes_keys():
-    program = spec_program("resnet_cifar.cnn")
+    program = spec_program("specs/resnet_cifar.cnn")
     meta = metadata(backend.to_onnx(program))
     assert set(meta) == set(backend.METADATA_KEYS) - {"cnnc.test_accuracy"}
     spec_text = (ROOT / "specs" / "resnet_cifar.cnn").read_text()
@@ -265,7 +267,7 @@ def test_metadata_is_what_the_runtime_reads(tmp_path):
     from cnnc.runtime.model import Model
 
     path = tmp_path / "xo.onnx"
-    backend.compile_to_file(spec_program("xo.cnn"), path)
+    backend.compile_to_file(spec_program("specs/xo.cnn"), path)
     model = Model.load(path, provider="cpu")
     assert model.labels == ("0", "1") and model.output_kind == "logits" and model.input_shape == (1, 28, 28)
     assert model.metadata["cnnc.dataset"] == "xo"

@@ -12,13 +12,21 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_onnx_support import (
+    SPECS,
+    max_error,
+    program_of,
+    random_input,
+    run_ort,
+    run_reference,
+    spec_program,
+    spec_texts,
+)
 
 from cnnc.compiler.backends import onnx as backend
-from cnnc.compiler.check import check_file
 from cnnc.compiler.backends.weights import initial_weights
-from test_onnx_support import (
-    SPECS, max_error, program_of, random_input, run_ort, run_reference, spec_program, spec_texts,
-)
+from cnnc.compiler.check import check_file
+from cnnc.compiler.ops import ACTIVATIONS
 
 TOLERANCE = 1e-4
 
@@ -179,6 +187,10 @@ ACTIVATION_ORACLES = {
     "softmax": lambda x: np.exp(x) / np.exp(x).sum(axis=1, keepdims=True),
     "identity": lambda x: x,
 }
+
+
+def test_every_registered_activation_has_an_oracle():
+    assert {name.split("(")[0] for name in ACTIVATION_ORACLES} == set(ACTIVATIONS)
 
 
 @pytest.mark.parametrize("opset", [13, 20])

@@ -17,14 +17,19 @@ from hypothesis import strategies as st
 
 from cnnc.compiler.check import check_file
 from cnnc.compiler.ir import Program
+from cnnc.compiler.ops import ACTIVATIONS as REGISTERED_ACTIVATIONS
+from cnnc.compiler.ops import OPS
 
 ROOT = Path(__file__).resolve().parent.parent
-SPECS = sorted(Path(p).name for p in glob.glob(str(ROOT / "specs" / "*.cnn")))
+# The example specs and the test specs (every op, every padding mode), as paths relative to the root;
+# the ImageNet-size zoo (specs/zoo/) has its own, lighter tests.
+SPECS = sorted(str(Path(p).relative_to(ROOT)) for folder in ("specs", "tests/specs")
+               for p in glob.glob(str(ROOT / folder / "*.cnn")))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def spec_program(name: str) -> Program:
-    result = check_file(ROOT / "specs" / name)
+    result = check_file(ROOT / name)
     assert result.program is not None, [str(d) for d in result.diagnostics]
     return result.program
 
@@ -54,7 +59,7 @@ def run_reference(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
     return evaluator.run(None, {model.graph.input[0].name: x})
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _reference_fixes() -> tuple[type, ...]:
     """Two bugs of onnx 1.23's ReferenceEvaluator that the emitted models meet, fixed with the
     evaluator's own code paths:
@@ -110,8 +115,10 @@ def max_error(a: np.ndarray, b: np.ndarray) -> float:
 
 # --- random valid specs --------------------------------------------------------------------------------
 
-ACTIVATIONS = ("relu", "leaky_relu(0.2)", "elu(0.7)", "selu", "gelu", "gelu(approximate=tanh)", "silu", "sigmoid",
-               "tanh", "softmax", "identity")
+# Every registered activation, plus argument variants of those that take arguments.
+ACTIVATIONS = (*REGISTERED_ACTIVATIONS, "leaky_relu(0.2)", "elu(0.7)", "gelu(approximate=tanh)")
+# The layer call of every single-input op's registered example (the last layer of its last line).
+REGISTERED_LAYERS = tuple(op.example.split("\n")[-1].split("->")[-1].strip() for op in OPS.values() if not op.is_merge)
 
 
 def _padding(draw) -> str:
@@ -142,7 +149,7 @@ def spec_texts(draw) -> str:
     for _ in range(draw(st.integers(1, 6))):
         current = state["current"]
         kind = draw(st.sampled_from(["conv", "conv", "depthwise", "maxpool", "avgpool", "batchnorm", "activation",
-                                     "dropout", "residual", "gate", "concat", "keepdims"]))
+                                     "dropout", "residual", "gate", "concat", "keepdims", "registered"]))
         name = fresh()
         if kind == "conv":
             groups = draw(st.sampled_from([1, 1, 2]))
@@ -198,6 +205,8 @@ def spec_texts(draw) -> str:
             branch = fresh()
             candidate = [f"{branch} = {current} -> conv({draw(st.integers(1, 3))}, kernel=1)",
                          f"{name} = concat({', '.join(draw(st.permutations([branch, current])))})"]
+        elif kind == "registered":
+            candidate = [f"{name} = {current} -> {draw(st.sampled_from(REGISTERED_LAYERS))}"]
         else:
             candidate = [f"{name} = {current} -> {draw(st.sampled_from(['global_avgpool', 'global_maxpool']))}"
                          "(keepdims=true)"]

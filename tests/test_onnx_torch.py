@@ -9,10 +9,10 @@ import warnings
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_onnx_support import SPECS, max_error, program_of, random_input, run_ort, spec_program, spec_texts
 
 from cnnc.compiler.backends import onnx as backend
-from cnnc.compiler.backends.onnx_outputs import with_outputs
-from test_onnx_support import SPECS, max_error, program_of, random_input, run_ort, spec_program, spec_texts
+from cnnc.compiler.passes import with_outputs
 
 torch = pytest.importorskip("torch")
 

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from cnnc.compiler import shapes
 from cnnc.compiler.check import check_file
+from cnnc.compiler.ops import OPS
 
 LAYER_SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -82,10 +83,11 @@ def test_same_padding_is_tensorflows(size: int, kernel: int, stride: int, dilati
     assert shapes.window_output(size, kernel, stride, (before, after), dilation).size == out
 
 
-LAYERS = ["conv(8, kernel=3)", "conv(4, 1, padding=same)", "maxpool(2)", "avgpool(3, stride=2, padding=same)",
-          "flatten", "dense(10)", "relu", "dropout(0.5)", "batchnorm", "global_avgpool", "softmax",
-          "depthwise_conv(3, multiplier=2)", "conv(8, kernel=3, groups=2)", "x = relu", "add(x)", "concat(x)",
-          "multiply(x)", "conv(3, kernel=(1, 7), dilation=2)", "identity", "gelu", "leaky_relu(0.1)"]
+# Every registered op's example lines, and variants that stress the shape rules.
+LAYERS = [line.strip() for op in OPS.values() for line in op.example.split("\n")] + [
+    "conv(8, kernel=3)", "conv(4, 1, padding=same)", "maxpool(2)", "avgpool(3, stride=2, padding=same)", "dense(10)",
+    "depthwise_conv(3, multiplier=2)", "conv(8, kernel=3, groups=2)", "x = relu", "add(x)", "concat(x)",
+    "multiply(x)", "conv(3, kernel=(1, 7), dilation=2)", "leaky_relu(0.1)"]
 
 
 @settings(max_examples=300, deadline=None)

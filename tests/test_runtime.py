@@ -15,8 +15,8 @@ import onnxruntime
 import pytest
 from PIL import Image
 from test_runtime_support import (
-    cnnc_metadata,
     classifier,
+    cnnc_metadata,
     random_images,
     reference_output,
     reference_preprocess,

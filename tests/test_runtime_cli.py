@@ -11,7 +11,15 @@ import numpy as np
 import onnxruntime
 import pytest
 from PIL import Image
-from test_runtime_support import cnnc_metadata, classifier, random_images, reference_output, reference_preprocess, save, write_png
+from test_runtime_support import (
+    classifier,
+    cnnc_metadata,
+    random_images,
+    reference_output,
+    reference_preprocess,
+    save,
+    write_png,
+)
 
 import cnnc.datasets
 from cnnc.cli import main

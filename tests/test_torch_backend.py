@@ -17,6 +17,7 @@ from cnnc.compiler.backends.pytorch import build_module, load_weights
 from cnnc.compiler.backends.weights import initial_weights
 from cnnc.compiler.check import check_file
 from cnnc.compiler.ir import Graph
+from cnnc.compiler.passes import prune, with_outputs
 from cnnc.errors import CnncError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,10 +102,12 @@ def test_spec_lowers_with_the_irs_shapes_parameters_and_weights(spec: Path) -> N
     graph = check_file(spec).program.graph
     module = build_module(graph, seed=3).eval()
     outputs = module.forward_all(torch.rand(2, *graph.input.shape))
-    for node in graph.nodes:
+    live = prune(graph)  # dead layers are not built
+    assert set(outputs) == {node.name for node in live.nodes}
+    for node in live.nodes:
         assert tuple(outputs[node.name].shape) == (2, *node.shape), node.name
-    assert sum(p.numel() for p in module.parameters()) == graph.trainable_params
-    assert sum(b.numel() for b in module.buffers()) == graph.non_trainable_params
+    assert sum(p.numel() for p in module.parameters()) == live.trainable_params
+    assert sum(b.numel() for b in module.buffers()) == live.non_trainable_params
     expected = initial_weights(graph, seed=3)
     state = module.state_dict()
     assert list(state) == list(expected)
@@ -130,15 +133,13 @@ def test_block_layers_nest_in_the_state_dict() -> None:
     assert not any("num_batches_tracked" in key for key in keys)
 
 
-def test_logits_skip_a_final_softmax() -> None:
+def test_the_logits_graph_has_the_same_weights_without_the_final_softmax() -> None:
     graph = check_file(next(p for p in SPECS if p.stem == "keras_mnist")).program.graph
     module = build_module(graph).eval()
+    logits = build_module(with_outputs(graph, "logits")).eval()
+    assert module.state_dict().keys() == logits.state_dict().keys()
     x = torch.rand(4, 1, 28, 28)
-    assert module.ends_in_softmax
-    torch.testing.assert_close(torch.softmax(module(x, logits=True), dim=1), module(x))
-    plain = build_module(graph_of("model m {\n input x(1, 4, 4)\n flatten\n dense(3)\n}\n"))
-    assert not plain.ends_in_softmax
-    assert torch.equal(plain(x[:, :, :4, :4], logits=True), plain(x[:, :, :4, :4]))
+    torch.testing.assert_close(torch.softmax(logits(x), dim=1), module(x))
 
 
 def test_flat_gate_broadcasts_over_a_feature_map() -> None:
@@ -160,10 +161,17 @@ def test_weights_that_do_not_fit_are_refused_by_name() -> None:
         load_weights(build_module(graph), weights)
 
 
-def test_a_layer_named_like_a_module_attribute_is_refused() -> None:
-    graph = graph_of("model m {\n input x(1, 4, 4)\n flatten\n forward = dense(3)\n}\n")
-    with pytest.raises(CnncError, match="layer name 'forward' clashes with the PyTorch module attribute"):
-        build_module(graph)
+@pytest.mark.parametrize("name", ["forward", "half", "eval", "cuda", "state_dict", "to", "parameters", "graph"])
+def test_a_layer_may_have_the_name_of_a_module_attribute(name: str) -> None:
+    graph = graph_of(f"model m {{\n input x(1, 4, 4)\n flatten\n {name} = dense(3)\n}}\n")
+    module = build_module(graph)
+    assert f"{name}.weight" in module.state_dict()
+    x = torch.rand(2, 1, 4, 4)
+    expected = x.flatten(1) @ module.state_dict()[f"{name}.weight"].T + module.state_dict()[f"{name}.bias"]
+    module.train()
+    module(x).sum().backward()
+    assert module.training and all(p.grad is not None for p in module.parameters())
+    torch.testing.assert_close(module.eval()(x), expected)
 
 
 # --- 'same' padding and pooling against the loops ---------------------------------------------------
@@ -266,7 +274,7 @@ def stacks(draw: st.DrawFn) -> tuple[tuple[int, int, int], list[Layer]]:
 @given(stacks(), st.integers(0, 2**31 - 1))
 def test_generated_conv_and_pool_stacks_match_the_loops(stack, seed: int) -> None:
     shape, layers_ = stack
-    text = f"model m {{\n input x({', '.join(map(str, shape))})\n" + "".join(f" {l.text()}\n" for l in layers_) + "}\n"
+    text = f"model m {{\n input x({', '.join(map(str, shape))})\n" + "".join(f" {layer.text()}\n" for layer in layers_) + "}\n"
     result = check_file("stack.cnn", text=text)
     assume(result.program is not None)  # windows larger than their (padded) input are errors
     graph = result.program.graph

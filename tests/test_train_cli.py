@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -143,7 +144,8 @@ def test_an_npz_dataset_is_found_relative_to_the_spec(tmp_path, monkeypatch, cap
     np.savez(data / "tiny.npz", x=images, y=np.arange(40) % 3, classes=np.array(["a", "b", "c"]))
     model = "conv(4, kernel=3, padding=same, activation=relu)\n global_avgpool\n dense(3)"
     spec = tmp_path / "specs" / "tiny.cnn"
-    spec.write_text(f'model m {{\n input x(1, 8, 8)\n {model}\n}}\ntrain {{ dataset npz("data/tiny.npz"); epochs 1 }}\n')
+    spec.write_text(f'model m {{\n input x(1, 8, 8)\n {model}\n}}\n'
+                    'train { dataset npz("data/tiny.npz"); epochs 1 }\n')
     monkeypatch.chdir(tmp_path)
     assert main(["train", "specs/tiny.cnn", "--no-channels-last", "--quiet", "--out", "run"]) == 0
     settings = json.loads((tmp_path / "run" / "settings.json").read_text())
@@ -291,7 +293,8 @@ def test_bad_flag_values_are_named(flag: str, value: str, message: str, capsys) 
 
 BAD_INPUT = [
     ("model m {\n input x(1, 28, 28)\n flatten\n dense(2)\n}\n", [], "SPEC has no train section: add one"),
-    ("model m {\n input x(1, 28, 28)\n conv(4, kernel=40)\n}\ntrain { dataset xo }\n", [], "SPEC has errors (see above)"),
+    ("model m {\n input x(1, 28, 28)\n conv(4, kernel=40)\n}\ntrain { dataset xo }\n", [],
+     "SPEC has errors (see above)"),
     (xo_variant("flatten\n dense(3)"), [], "model 'm' has 3 outputs, but xo has 2 classes"),
     ("model m {\n input x(3, 32, 32)\n flatten\n dense(2)\n}\ntrain { dataset xo }\n", [],
      "model 'm' takes 3x32x32 images, but xo has 1x28x28 images"),
@@ -368,6 +371,51 @@ def test_torchrun_with_two_processes_trains_and_resumes(tmp_path, capsys) -> Non
     assert [r.get("epoch") for r in records] == [1, 2, None] and records[-1]["test_examples"] == 128
 
     # Two processes of 32 images each average to the gradient of one of 64: the same training.
+    assert main(["train", str(spec), *flags[:-1], str(tmp_path / "single")]) == 0
+    capsys.readouterr()
+    single, distributed = weights(tmp_path / "single"), weights(tmp_path / "run")
+    for name in single:
+        torch.testing.assert_close(distributed[name], single[name], rtol=1e-4, atol=1e-5)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _two_nodes(arguments: list[str], cwd: Path, environment: dict[str, str]) -> list[subprocess.CompletedProcess]:
+    """The same `cnnc` command on two "nodes" (two torchrun launches of one process each) that meet at a
+    c10d rendezvous on 127.0.0.1, as two machines would at their first node's address."""
+    endpoint = f"127.0.0.1:{_free_port()}"
+    launches = [
+        subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}",
+                          "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}",
+                          "--rdzv_id=cnnc-test", "-m", "cnnc", *arguments],
+                         cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for rank in (0, 1)
+    ]
+    results = []
+    for launch in launches:
+        stdout, stderr = launch.communicate(timeout=300)
+        results.append(subprocess.CompletedProcess(launch.args, launch.returncode, stdout, stderr))
+    return results
+
+
+def test_two_nodes_train_and_resume_as_one_node_does(tmp_path, capsys) -> None:
+    spec = write_spec(tmp_path, xo_variant(SMALL_XO, "dataset xo\n epochs 2\n batch 64\n validation 0.25"))
+    flags = ["--limit-train", "512", "--limit-test", "128", "--json", "--out", "run"]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    stopped = _two_nodes(["train", str(spec), *flags], tmp_path, {**environment, SIGNAL_AT_STEP_ENV: "INT:8"})
+    assert all(result.returncode != 0 for result in stopped)
+    checkpoint = load_checkpoint(tmp_path / "run")
+    assert (checkpoint.epoch, checkpoint.step_in_epoch) == (1, 2)
+    assert len(checkpoint.training["processes"]) == 2
+    resumed = _two_nodes(["train", "--resume", "run", "--json"], tmp_path, environment)
+    assert [result.returncode for result in resumed] == [0, 0], resumed[0].stderr + resumed[1].stderr
+    events = [json.loads(line) for result in resumed for line in result.stdout.splitlines()]
+    assert [e["event"] for e in events].count("done") == 1  # only the first node's rank 0 reports
+
     assert main(["train", str(spec), *flags[:-1], str(tmp_path / "single")]) == 0
     capsys.readouterr()
     single, distributed = weights(tmp_path / "single"), weights(tmp_path / "run")

@@ -17,9 +17,8 @@ from cnnc.training.augment import Augmenter
 from cnnc.training.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_checkpoint
 from cnnc.training.data import epoch_order, shard
 from cnnc.training.losses import CrossEntropy
-from cnnc.training.optim import RMSProp, LearningRateSchedule
+from cnnc.training.optim import LearningRateSchedule, RMSProp
 from cnnc.training.trainer import BestTracker
-
 
 # --- learning-rate schedules ------------------------------------------------------------------------
 
@@ -179,7 +178,8 @@ def test_early_stopping_counts_epochs_without_improvement_beyond_min_delta() -> 
 
 def minimal_checkpoint() -> dict:
     return {"model": {"w": torch.ones(2)}, "model_name": "m", "spec_path": "m.cnn", "sources": {"m.cnn": "x"},
-            "classes": ["a", "b"], "input_shape": [1, 2, 2], "preprocess": {"scale": 1 / 255, "mean": [0.0], "std": [1.0]},
+            "classes": ["a", "b"], "input_shape": [1, 2, 2],
+            "preprocess": {"scale": 1 / 255, "mean": [0.0], "std": [1.0]},
             "epoch": 1, "finished": False, "settings": {}}
 
 

@@ -107,7 +107,8 @@ def load_checkpoint(path_or_run_dir: str | os.PathLike, which: str = LAST, *,
         held = f"a dict with keys {', '.join(map(str, list(raw)[:5]))}" if isinstance(raw, dict) else type(raw).__name__
         raise CnncError(f"{path} is not a cnnc checkpoint (it holds {held})")
     if raw.get("version") != FORMAT_VERSION:
-        raise CnncError(f"{path} is a version {raw.get('version')} checkpoint; this cnnc reads version {FORMAT_VERSION}")
+        raise CnncError(f"{path} is a version {raw.get('version')} checkpoint; "
+                        f"this cnnc reads version {FORMAT_VERSION}")
     missing = [key for key in _REQUIRED if key not in raw]
     if missing:
         raise CnncError(f"{path} is an incomplete cnnc checkpoint: it lacks {', '.join(missing)}")

@@ -51,7 +51,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from cnnc.cli import UsageError
+    from cnnc.errors import UsageError
 
     if (args.spec is None) == (args.resume is None):
         raise UsageError("give a SPEC to train, or --resume RUN_DIR to continue a run (not both)")
@@ -59,9 +59,14 @@ def run_train(args: argparse.Namespace) -> int:
         given = [f"--{name.replace('_', '-')}" for name in TRAINING_FLAGS if getattr(args, name) not in (None, False)]
         if given or args.out:
             raise UsageError(f"--resume continues a run with its own settings; drop {', '.join(given or ['--out'])}")
-    from cnnc.training.run import train_from_args
+    from cnnc.training.run import TrainRequest, train
+    from cnnc.training.settings import Overrides
 
-    return train_from_args(args)
+    overrides = Overrides(args.dataset, args.data, args.epochs, args.batch_size, args.lr, args.seed,
+                          args.limit_train, args.limit_test)
+    mode = "json" if args.json else "quiet" if args.quiet else "text"
+    return train(TrainRequest(args.spec, args.resume, args.out, overrides, args.device or "auto", args.channels_last,
+                              args.compile, args.bf16, mode))
 
 
 def _positive_int(text: str) -> int:

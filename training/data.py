@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cnnc import constants
 from cnnc.compiler.ir import Graph
 from cnnc.compiler.train_config import TrainConfig
 from cnnc.datasets import Dataset, load_dataset, split_validation
@@ -24,7 +25,7 @@ from cnnc.errors import CnncError
 from cnnc.training.augment import Augmenter
 from cnnc.training.settings import PATH_DATASETS, Overrides
 
-PIXEL_SCALE = float(np.float32(1 / 255))
+PIXEL_SCALE = float(np.float32(constants.PIXEL_SCALE))  # the float32 value the batches are multiplied by
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ def load_splits(config: TrainConfig, overrides: Overrides, spec_dir: Path, graph
 def _where(config: TrainConfig, overrides: Overrides, spec_dir: Path) -> tuple[str, str | None, str | None]:
     """(dataset name, data directory, path of a folder/npz dataset); a path in the spec is
     relative to the spec's directory, --data replaces it."""
+    assert config.dataset is not None  # effective_config fills in the dataset
     name = config.dataset.name
     if name not in PATH_DATASETS:
         return name, overrides.data, None

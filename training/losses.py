@@ -1,9 +1,9 @@
 """The loss of the train section: cross-entropy, with label smoothing, on logits or probabilities.
 
 `cross_entropy(from_logits=false)` says the model outputs probabilities. When they come from a
-final softmax, the model is asked for the logits before it (`module(x, logits=True)`) and the
-loss is log-softmax of those: exactly the log of the probabilities, without the underflow of
-log(softmax) (the model itself is unchanged: it still ends in softmax). Other probability outputs
+final softmax, training builds the graph without it (compiler.passes.with_outputs, "logits": the
+same weights) and the loss is log-softmax of its output: exactly the log of the probabilities,
+without the underflow of log(softmax) (the exported model still ends in softmax). Other probability outputs
 are normalised to sum 1 and clipped to [1e-7, 1 - 1e-7] before the log, as Keras does.
 Label smoothing s mixes the one-hot target with the uniform distribution over all classes:
 (1 - s) * NLL + s * mean over classes of -log p (PyTorch's definition).
@@ -23,7 +23,7 @@ class CrossEntropy:
     def __init__(self, option: Option, model_ends_in_softmax: bool) -> None:
         self.label_smoothing: float = option["label_smoothing"]
         from_logits: bool = option["from_logits"]
-        # Whether to ask the model for the logits before its final softmax.
+        # Whether the trained module leaves out the model's final softmax (see the module's docstring).
         self.wants_logits = not from_logits and model_ends_in_softmax
         self.takes_logits = from_logits or self.wants_logits
 

@@ -77,6 +77,7 @@ class RMSProp(torch.optim.Optimizer):
 
     def _update(self, param: Tensor, group: dict) -> None:
         grad = param.grad
+        assert grad is not None  # the caller skips parameters without one
         if group["weight_decay"]:
             grad = grad.add(param, alpha=group["weight_decay"])
         state = self.state[param]

@@ -14,7 +14,6 @@ Run directory (rank 0 writes it):
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -26,16 +25,18 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 import cnnc
 from cnnc.compiler.backends.pytorch import CnncModule, build_module
+from cnnc.compiler.check import load_program
 from cnnc.compiler.ir import Program
+from cnnc.compiler.passes import final_softmax, with_outputs
 from cnnc.compiler.train_config import TrainConfig
-from cnnc.errors import CnncError
+from cnnc.errors import CnncError, UsageError
 from cnnc.training.augment import Augmenter
 from cnnc.training.checkpoint import BEST, LAST, Checkpoint, load_checkpoint, save_checkpoint
 from cnnc.training.data import BatchPreparer, Normalization, Splits, TensorSplit, load_splits
@@ -63,16 +64,31 @@ class Execution:
         return dict(self.__dict__)
 
 
-def train_from_args(args: argparse.Namespace) -> int:
-    mode = "json" if args.json else "quiet" if args.quiet else "text"
-    device_type, device_note = resolve_device(args.device or "auto")
+@dataclass(frozen=True)
+class TrainRequest:
+    """What `cnnc train` is asked for: a new run of `spec`, or `resume` of a run directory."""
+
+    spec: str | None = None
+    resume: str | None = None
+    out: str | None = None
+    overrides: Overrides = Overrides()  # with `resume`, only `data` may be given
+    device: str = "auto"                # auto, cpu or cuda
+    channels_last: bool | None = None   # None: on
+    compile: bool = False
+    bf16: bool = False
+    mode: str = "text"                  # text, quiet or json
+
+
+def train(request: TrainRequest) -> int:
+    """Run (or resume) a training run; the exit code."""
+    device_type, device_note = resolve_device(request.device)
     world = join_world(device_type)
-    console = Console(mode, enabled=world.is_main)
+    console = Console(request.mode, enabled=world.is_main)
     try:
-        if args.resume is not None:
-            session = _resume(args, device_type, world, console)
+        if request.resume is not None:
+            session = _resume(request, device_type, world, console)
         else:
-            session = _start(args, device_type, world, console)
+            session = _start(request, device_type, world, console)
         if session is None:
             return 0
         if device_note:
@@ -99,28 +115,27 @@ def resolve_device(choice: str) -> tuple[str, str | None]:
 
 # --- starting and resuming ----------------------------------------------------------------------------
 
-def _start(args: argparse.Namespace, device_type: str, world: World, console: Console) -> Session:
-    from cnnc.cli import UsageError
-
-    program = _check_spec(args.spec, world)
+def _start(request: TrainRequest, device_type: str, world: World, console: Console) -> Session:
+    assert request.spec is not None
+    spec = request.spec
+    program = _check_spec(spec, world)
     if program.train is None:
-        raise CnncError(f"{args.spec} has no train section: add one (for example `train {{ dataset mnist }}`)")
-    if args.bf16 and device_type != "cuda":
+        raise CnncError(f"{spec} has no train section: add one (for example `train {{ dataset mnist }}`)")
+    if request.bf16 and device_type != "cuda":
         message = "--bf16 needs CUDA; this run is on the CPU"
-        raise UsageError(message) if args.device == "cpu" else CnncError(message)
-    overrides = Overrides(args.dataset, args.data, args.epochs, args.batch_size, args.lr, args.seed,
-                          args.limit_train, args.limit_test)
-    execution = Execution(device_type, True if args.channels_last is None else args.channels_last,
-                          args.compile, args.bf16)
-    run_dir = _shared(world, lambda: _new_run_dir(args.out, program.graph.name))
-    session = Session.create(program, overrides, execution, world, console, run_dir, args.spec)
-    session.write_run_files(args.spec)  # only now that the data and the model are known to be good
+        raise UsageError(message) if request.device == "cpu" else CnncError(message)
+    execution = Execution(device_type, True if request.channels_last is None else request.channels_last,
+                          request.compile, request.bf16)
+    run_dir = _shared(world, lambda: _new_run_dir(request.out, program.graph.name))
+    session = Session.create(program, request.overrides, execution, world, console, run_dir, spec)
+    session.write_run_files(spec)  # only now that the data and the model are known to be good
     return session
 
 
-def _resume(args: argparse.Namespace, device_type: str, world: World, console: Console) -> Session | None:
+def _resume(request: TrainRequest, device_type: str, world: World, console: Console) -> Session | None:
     """The session that continues the run (None when it has already finished)."""
-    run_dir = Path(args.resume)
+    assert request.resume is not None
+    run_dir = Path(request.resume)
     checkpoint = load_checkpoint(run_dir)
     if checkpoint.training is None:
         raise CnncError(f"{checkpoint.path} holds no training state to resume from")
@@ -132,7 +147,8 @@ def _resume(args: argparse.Namespace, device_type: str, world: World, console: C
     stored = checkpoint.settings
     if stored["execution"]["bf16"] and device_type != "cuda":
         raise CnncError(f"{run_dir} was trained with --bf16, which needs CUDA; this machine has none")
-    overrides = Overrides.from_json({**stored["overrides"], **({"data": args.data} if args.data else {})})
+    data = {"data": request.overrides.data} if request.overrides.data else {}
+    overrides = Overrides.from_json({**stored["overrides"], **data})
     execution = Execution(**{**stored["execution"], "device": device_type})
     session = Session.create(checkpoint.program(), overrides, execution, world, console, run_dir,
                               checkpoint.spec_path, checkpoint)
@@ -143,8 +159,6 @@ def _resume(args: argparse.Namespace, device_type: str, world: World, console: C
 
 def _check_spec(spec: str, world: World) -> Program:
     """The checked program; only rank 0 prints the spec's warnings."""
-    from cnnc.compiler.cli import load_program
-
     if world.is_main:
         return load_program(spec)
     with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
@@ -153,8 +167,6 @@ def _check_spec(spec: str, world: World) -> Program:
 
 def _new_run_dir(out: str | None, model_name: str) -> Path:
     """The new run's directory (created later, when the run is known to start)."""
-    from cnnc.cli import UsageError
-
     if out is not None:
         run_dir = Path(out)
         if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
@@ -171,8 +183,9 @@ def _new_run_dir(out: str | None, model_name: str) -> Path:
 
 def _shared(world: World, make):
     """`make()` on rank 0, its result on every process (an error on rank 0 stops all of them)."""
+    error: Exception | None = None
     try:
-        value, error = (make(), None) if world.is_main else (None, None)
+        value = make() if world.is_main else None
     except Exception as problem:  # noqa: BLE001 - re-raised below, on every process
         value, error = None, problem
     value, error = gather(world, (value, error))[0]
@@ -210,9 +223,15 @@ class Session:
         _seed_everything(config.seed, world.rank)
         splits = load_splits(config, overrides, Path(spec_path).parent, graph, progress=console.mode == "text")
         normalization = Normalization.of(config)
-        model = build_module(graph, seed=config.seed, weights=checkpoint.model_state if checkpoint else None)
-        model.to(device, memory_format=torch.channels_last if execution.channels_last else torch.preserve_format)
-        trainer = _build_trainer(model, config, execution, world, device, splits, normalization, console, run_dir)
+        loss = CrossEntropy(config.loss, model_ends_in_softmax=final_softmax(graph) is not None)
+        # A loss on the logits of a final softmax trains the graph without that softmax: the same weights.
+        trained_graph = with_outputs(graph, "logits") if loss.wants_logits else graph
+        model = build_module(trained_graph, seed=config.seed, weights=checkpoint.model_state if checkpoint else None)
+        # Module.to takes memory_format (documented), but torch's type overloads leave it out.
+        model.to(device, memory_format=torch.channels_last if execution.channels_last  # type: ignore[call-overload]
+                 else torch.preserve_format)
+        trainer = _build_trainer(model, loss, config, execution, world, device, splits, normalization, console,
+                                 run_dir)
         session = Session(program, overrides, execution, world, console, run_dir, spec_path, splits, normalization,
                           trainer, time.perf_counter(), {})
         trainer.save = session.save
@@ -225,7 +244,13 @@ class Session:
     def config(self) -> TrainConfig:
         return self.trainer.config
 
+    @property
+    def dataset_name(self) -> str:
+        assert self.config.dataset is not None  # effective_config always sets one
+        return self.config.dataset.name
+
     def continue_from(self, checkpoint: Checkpoint) -> None:
+        assert checkpoint.training is not None  # _resume refuses checkpoints without it
         stored = checkpoint.settings
         self.settings = {**stored, "execution": self.execution.to_json(),
                          "resumed": [*stored.get("resumed", []), " ".join(sys.argv)]}
@@ -257,11 +282,11 @@ class Session:
         self.console.event(
             "start",
             f"training {graph.name} ({graph.trainable_params:,} parameters) on {self.execution.device}"
-            f"{f' x {self.world.size} processes' if self.world.distributed else ''}: {config.dataset.name} "
+            f"{f' x {self.world.size} processes' if self.world.distributed else ''}: {self.dataset_name} "
             f"{len(splits.train):,} train / {validation:,} validation / {len(splits.test):,} test images, "
             f"{config.epochs} epochs of {self.trainer.schedule.steps_per_epoch} steps -> {self.run_dir}",
             run_dir=str(self.run_dir), model=graph.name, parameters=graph.trainable_params,
-            device=self.execution.device, processes=self.world.size, dataset=config.dataset.name,
+            device=self.execution.device, processes=self.world.size, dataset=self.dataset_name,
             train_examples=len(splits.train), validation_examples=validation, test_examples=len(splits.test),
             epochs=config.epochs, steps_per_epoch=self.trainer.schedule.steps_per_epoch,
         )
@@ -275,6 +300,7 @@ class Session:
                   "model_epoch": model_epoch, "epochs_trained": trainer.position.epoch}
         training = trainer.training_state(None)
         if self.world.is_main:
+            assert trainer.metrics is not None and matrix is not None  # rank 0 logs; confusion=True
             trainer.metrics.append(record)
             self._write_plots(matrix)
             final = {"finished": True, "test_accuracy": test_accuracy, "test_loss": test_loss}
@@ -317,7 +343,7 @@ class Session:
             "classes": list(self.splits.train.classes),
             "input_shape": list(self.program.graph.input.shape),
             "preprocess": self.normalization.to_json(),
-            "dataset": self.config.dataset.name,
+            "dataset": self.dataset_name,
             "settings": self.settings,
             "epoch": position.epoch,
             "step_in_epoch": position.step_in_epoch,
@@ -339,7 +365,7 @@ class Session:
             "execution": self.execution.to_json(),
             "processes": self.world.size,
             "data": {
-                "dataset": self.config.dataset.name,
+                "dataset": self.dataset_name,
                 "train_examples": len(splits.train),
                 "validation_examples": len(splits.validation) if splits.validation is not None else 0,
                 "test_examples": len(splits.test),
@@ -375,8 +401,9 @@ class Session:
 
 # --- helpers -------------------------------------------------------------------------------------
 
-def _build_trainer(model: CnncModule, config: TrainConfig, execution: Execution, world: World, device: torch.device,
-                   splits: Splits, normalization: Normalization, console: Console, run_dir: Path) -> Trainer:
+def _build_trainer(model: CnncModule, loss: CrossEntropy, config: TrainConfig, execution: Execution, world: World,
+                   device: torch.device, splits: Splits, normalization: Normalization, console: Console,
+                   run_dir: Path) -> Trainer:
     augment_generator = torch.Generator().manual_seed(_derived_seed(config.seed, world.rank, 1))
     augmenter = Augmenter(config.augment, augment_generator) if config.augment else None
     steps_per_epoch = math.ceil(math.ceil(len(splits.train) / world.size) / (config.batch_size // world.size))
@@ -386,7 +413,7 @@ def _build_trainer(model: CnncModule, config: TrainConfig, execution: Execution,
         optimizer=build_optimizer(model.parameters(), config.optimizer),
         schedule=LearningRateSchedule(config.optimizer["lr"], config.schedule, steps_per_epoch,
                                       config.epochs * steps_per_epoch, config.warmup_epochs * steps_per_epoch),
-        loss=CrossEntropy(config.loss, model.ends_in_softmax),
+        loss=loss,
         preparer=BatchPreparer(normalization, device, execution.channels_last, augmenter),
         augment_generator=augment_generator,
         train_data=TensorSplit.of(splits.train, device),
@@ -426,7 +453,7 @@ def _training_module(model: CnncModule, execution: Execution, world: World, devi
 
         wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if execution.compile:
-        wrapped = torch.compile(wrapped)
+        wrapped = cast(torch.nn.Module, torch.compile(wrapped))
     return wrapped
 
 

@@ -17,7 +17,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -118,7 +118,8 @@ class Position:
 
 def rng_state(augment_generator: torch.Generator) -> dict[str, Any]:
     """This process's random state, as plain data (see checkpoint.py)."""
-    _, keys, position, has_gauss, cached = np.random.get_state()
+    legacy = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state(legacy=True))
+    _, keys, position, has_gauss, cached = legacy
     version, python_state, gauss = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -280,7 +281,7 @@ class Trainer:
             labels = self.train_data.labels[indices]
             set_learning_rate(self.optimizer, self.schedule.at(self.position.global_step))
             with self.autocast():
-                output = self.train_model(x, logits=self.loss.wants_logits)
+                output = self.train_model(x)
                 loss = self.loss(output, labels)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -342,9 +343,10 @@ class Trainer:
         for chunk in batches(indices, EVAL_BATCH_SIZE):
             labels = split.labels[chunk]
             with self.autocast():
-                output = self.model(self.preparer(split.images[chunk], train=False), logits=self.loss.wants_logits)
+                output = self.model(self.preparer(split.images[chunk], train=False))
             sums += torch.stack([self.loss(output, labels, reduction="sum").double(),
-                                 correct(output, labels).double(), torch.tensor(len(chunk), device=self.device).double()])
+                                 correct(output, labels).double(),
+                                 torch.tensor(len(chunk), device=self.device).double()])
             if confusion:
                 matrix += torch.bincount(labels * classes + output.argmax(1), minlength=classes * classes).double()
         self.model.train()

@@ -20,9 +20,8 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -30,17 +29,15 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from cnnc import __version__
-from cnnc.compiler.arguments import Option
-from cnnc.compiler.backends.onnx_outputs import output_kind, with_outputs
 from cnnc.compiler.ir import Graph, Node, Program
-from cnnc.errors import CnncError
+from cnnc.compiler.ops import OPS
+from cnnc.compiler.passes import decompose, fused_activation, live_nodes, output_kind, prune, with_outputs
+from cnnc.constants import DEFAULT_OPSET, MIN_OPSET, PIXEL_SCALE
+from cnnc.errors import CnncError, InternalError
 from cnnc.files import replacing
 
-DEFAULT_OPSET = 17
-MIN_OPSET = 13
 NATIVE_GELU_OPSET = 20
 BATCH_DIM = "N"
-RAW_PIXEL_SCALE = 1 / 255
 PRODUCER = "cnnc"
 # A protobuf message, so a single-file ONNX model, holds at most 2 GiB; keep room for the graph.
 MAX_WEIGHT_BYTES = 2**31 - 2**26
@@ -121,7 +118,8 @@ def layer_probe(
     weights = _weights(graph, weights, seed)
     lowered = _Lowering(graph, weights, opset).run(expose_layers=True)
     model = _model(graph, lowered, opset)
-    layers = {n.name: lowered.tensor_of[n.name] for n in graph.nodes[1:] if lowered.tensor_of[n.name] != graph.input.name}
+    layers = {n.name: lowered.tensor_of[n.name] for n in graph.nodes[1:]
+              if lowered.tensor_of[n.name] != graph.input.name}
     return model, layers
 
 
@@ -161,7 +159,7 @@ def metadata_props(
         cnnc.preprocess     JSON {"scale": 1/255, "mean": [...], "std": [...]}: the model takes
                             (pixels * scale - mean) / std per channel; mean [0], std [1] without normalize
         cnnc.output         "logits" or "probabilities" (the graph ends with a softmax)
-        cnnc.params         trainable parameters, an integer
+        cnnc.params         trainable parameters of the exported (live) layers, an integer
         cnnc.dataset        the dataset's name (default: the train section's; left out without one)
         cnnc.test_accuracy  the trained model's test accuracy (given; left out otherwise)
     `graph` is the graph as emitted (after with_outputs); default: the program's. `preprocess`
@@ -173,7 +171,7 @@ def metadata_props(
         labels = [str(i) for i in range(classes)]
     elif len(labels) != classes:
         raise CnncError(f"{len(labels)} class labels for a model with {classes} outputs")
-    scale, mean, std = RAW_PIXEL_SCALE, (0.0,), (1.0,)
+    scale, mean, std = PIXEL_SCALE, (0.0,), (1.0,)
     if preprocess is not None:
         scale, mean, std = preprocess.get("scale", scale), preprocess["mean"], preprocess["std"]
     elif program.train is not None and program.train.normalize is not None:
@@ -190,7 +188,7 @@ def metadata_props(
         "cnnc.preprocess": json.dumps({"scale": float(scale), "mean": [float(m) for m in _seq(mean)],
                                        "std": [float(s) for s in _seq(std)]}),
         "cnnc.output": output_kind(graph),
-        "cnnc.params": str(graph.trainable_params),
+        "cnnc.params": str(prune(graph).trainable_params),
     }
     if dataset is None and program.train is not None and program.train.dataset is not None:
         dataset = program.train.dataset.name
@@ -256,10 +254,12 @@ class _Lowering:
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     initializers: dict[str, TensorProto] = field(default_factory=dict)
     tensor_of: dict[str, str] = field(default_factory=dict)
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # of IR nodes and helper tensors
 
     def run(self, expose_layers: bool) -> _Lowered:
         graph = self.graph
-        live = {n.name for n in graph.nodes} if expose_layers else _live(graph)
+        self.shapes.update((node.name, node.shape) for node in graph.nodes)
+        live = {n.name for n in graph.nodes} if expose_layers else live_nodes(graph)
         self.tensor_of[graph.input.name] = graph.input.name
         for node in graph.nodes[1:]:
             if node.name in live:
@@ -298,42 +298,52 @@ class _Lowering:
 
     # ops
 
-    def lower(self, node: Node) -> None:
-        op = node.op
-        if op in ("dropout", "identity"):
-            self.tensor_of[node.name] = self.input_of(node)
-            return
-        self.tensor_of[node.name] = node.name
-        if op in ("conv", "depthwise_conv", "dense"):
-            activation = node.attrs.get("activation")
-            if activation is not None and activation.name == "identity":
-                activation = None
-            target = f"{node.name}/preact" if activation is not None else node.name
-            (self._conv if op != "dense" else self._dense)(node, target)
-            if activation is not None:
-                self.activation(activation, target, node.name, f"{node.name}/{activation.name}")
-        elif op in ("maxpool", "avgpool"):
-            self._pool(node)
-        elif op in ("global_avgpool", "global_maxpool"):
-            kind = "GlobalAveragePool" if op == "global_avgpool" else "GlobalMaxPool"
-            if node.attrs["keepdims"]:
-                self.add(kind, [self.input_of(node)], node.name, name=node.name)
-            else:
-                pooled = self.add(kind, [self.input_of(node)], f"{node.name}/keepdims", name=node.name)
-                self.add("Flatten", [pooled], node.name, name=f"{node.name}/flatten", axis=1)
-        elif op == "flatten":
-            self.add("Flatten", [self.input_of(node)], node.name, name=node.name, axis=1)
-        elif op == "batchnorm":
-            self._batchnorm(node)
-        elif op in ("add", "multiply"):
-            self._elementwise(node)
-        elif op == "concat":
-            self.add("Concat", [self.input_of(node, i) for i in range(len(node.inputs))], node.name,
-                     name=node.name, axis=1)
+    def lower(self, node: Node, output: str | None = None) -> str:
+        """Emit `node` with its output in the tensor `output` (default: the node's name); returns the
+        tensor that holds the node's value (a pass-through layer's is its input's)."""
+        output = output or node.name
+        lowering = LOWERINGS.get(node.op)
+        if lowering is None:
+            produced = self._decomposed(node, output)
         else:
-            self.activation(Option(op, tuple(node.attrs)), self.input_of(node), node.name, node.name)
+            activation = fused_activation(node)
+            if activation is None:
+                produced = lowering(self, node, output)
+            else:
+                preact = lowering(self, node, f"{node.name}/preact")
+                self.tensor_of[preact], self.shapes[preact] = preact, node.shape
+                produced = self.lower(replace(activation, inputs=(preact,)), output)
+        self.tensor_of[node.name] = produced
+        return produced
 
-    def _conv(self, node: Node, target: str) -> None:
+    def _decomposed(self, node: Node, output: str) -> str:
+        if OPS[node.op].decomposition is None:
+            raise InternalError(f"the ONNX backend has no lowering for op '{node.op}' and the op has no decomposition")
+        parts = decompose(node, {name: self.shapes[name] for name in node.inputs})
+        for part in parts[:-1]:
+            self.shapes[part.name] = part.shape
+            self.lower(part)
+        return self.lower(parts[-1], output)
+
+    def _pass_through(self, node: Node, output: str) -> str:
+        """Dropout and identity compute nothing at inference."""
+        return self.input_of(node)
+
+    def _global_pool(self, node: Node, output: str) -> str:
+        kind = "GlobalAveragePool" if node.op == "global_avgpool" else "GlobalMaxPool"
+        if node.attrs["keepdims"]:
+            return self.add(kind, [self.input_of(node)], output, name=node.name)
+        pooled = self.add(kind, [self.input_of(node)], f"{node.name}/keepdims", name=node.name)
+        return self.add("Flatten", [pooled], output, name=f"{node.name}/flatten", axis=1)
+
+    def _flatten(self, node: Node, output: str) -> str:
+        return self.add("Flatten", [self.input_of(node)], output, name=node.name, axis=1)
+
+    def _concat(self, node: Node, output: str) -> str:
+        return self.add("Concat", [self.input_of(node, i) for i in range(len(node.inputs))], output,
+                        name=node.name, axis=1)
+
+    def _conv(self, node: Node, target: str) -> str:
         attrs = node.attrs
         top, bottom, left, right = attrs["pads"]
         inputs = [self.input_of(node), self.parameter(f"{node.name}.weight")]
@@ -344,16 +354,16 @@ class _Lowering:
             extra["dilations"] = list(attrs["dilation"])
         if attrs["groups"] != 1:
             extra["group"] = attrs["groups"]
-        self.add("Conv", inputs, target, name=node.name, kernel_shape=list(attrs["kernel"]),
+        return self.add("Conv", inputs, target, name=node.name, kernel_shape=list(attrs["kernel"]),
                  strides=list(attrs["stride"]), pads=[top, left, bottom, right], **extra)
 
-    def _dense(self, node: Node, target: str) -> None:
+    def _dense(self, node: Node, target: str) -> str:
         inputs = [self.input_of(node), self.parameter(f"{node.name}.weight")]
         if node.attrs["bias"]:
             inputs.append(self.parameter(f"{node.name}.bias"))
-        self.add("Gemm", inputs, target, name=node.name, transB=1)
+        return self.add("Gemm", inputs, target, name=node.name, transB=1)
 
-    def _pool(self, node: Node) -> None:
+    def _pool(self, node: Node, output: str) -> str:
         """MaxPool / AveragePool in floor mode with pads that give the IR's output size.
 
         Ceil mode becomes extra padding at the end: exactly the rows and columns that the IR's last
@@ -365,7 +375,7 @@ class _Lowering:
         through an explicit Pad (see _padded_pool)."""
         attrs = node.attrs
         top, bottom, left, right = attrs["pads"]
-        _, height, width = self.graph.node(node.inputs[0]).shape
+        _, height, width = self.shapes[node.inputs[0]]
         (kh, kw), (sh, sw) = attrs["kernel"], attrs["stride"]
         end_h = _floor_end_pad(height, kh, sh, top, node.shape[1], bottom)
         end_w = _floor_end_pad(width, kw, sw, left, node.shape[2], right)
@@ -374,23 +384,21 @@ class _Lowering:
         if node.op == "avgpool" and attrs["count_pad"] and (end_h > bottom or end_w > right):
             pads = [0, 0, end_h - bottom, end_w - right]
             if not _fits(pads, (kh, kw)):
-                self._padded_pool(node, source, (top, left, end_h, end_w))
-                return
+                return self._padded_pool(node, source, (top, left, end_h, end_w), output)
             padding = self.initializer(f"{node.name}/pads", np.array([0, 0, top, left, 0, 0, bottom, right], np.int64))
             source = self.add("Pad", [source, padding], f"{node.name}/padded", name=f"{node.name}/pad")
-            self.add("AveragePool", [source], node.name, name=node.name, pads=pads, **window)
-            return
+            return self.add("AveragePool", [source], output, name=node.name, pads=pads, **window)
         pads = [top, left, end_h, end_w]
         if not _fits(pads, (kh, kw)):
-            self._padded_pool(node, source, (top, left, end_h, end_w))
-        elif node.op == "maxpool":  # padding never wins the max
-            self.add("MaxPool", [source], node.name, name=node.name, pads=pads, **window)
-        elif attrs["count_pad"] and any(pads):  # the window's sum / the kernel's size
-            self.add("AveragePool", [source], node.name, name=node.name, pads=pads, count_include_pad=1, **window)
-        else:  # the mean over the input elements in the window
-            self.add("AveragePool", [source], node.name, name=node.name, pads=pads, **window)
+            return self._padded_pool(node, source, (top, left, end_h, end_w), output)
+        if node.op == "maxpool":  # padding never wins the max
+            return self.add("MaxPool", [source], output, name=node.name, pads=pads, **window)
+        if attrs["count_pad"] and any(pads):  # the window's sum / the kernel's size
+            return self.add("AveragePool", [source], output, name=node.name, pads=pads, count_include_pad=1,
+                            **window)
+        return self.add("AveragePool", [source], output, name=node.name, pads=pads, **window)  # mean of the inputs
 
-    def _padded_pool(self, node: Node, source: str, pads: tuple[int, int, int, int]) -> None:
+    def _padded_pool(self, node: Node, source: str, pads: tuple[int, int, int, int], output: str) -> str:
         """Pooling whose pads reach a whole kernel: Pad (-inf for max, 0 for average), pool without
         pads, and for the average rescale each window's mean of kh*kw elements to the mean of the
         elements it counts (a constant map; 0/0 = NaN for a window of padding only, as in PyTorch)."""
@@ -403,13 +411,13 @@ class _Lowering:
                            -np.inf if node.op == "maxpool" else 0.0)
         padded = self.add("Pad", [source, amounts, fill], f"{node.name}/padded", name=f"{node.name}/pad")
         if node.op == "maxpool":
-            self.add("MaxPool", [padded], node.name, name=node.name, **window)
-            return
-        _, height, width = self.graph.node(node.inputs[0]).shape
+            return self.add("MaxPool", [padded], output, name=node.name, **window)
+        _, height, width = self.shapes[node.inputs[0]]
         counted = np.zeros((height + top + bottom, width + left + right))
         if attrs["count_pad"]:
             explicit_top, explicit_bottom, explicit_left, explicit_right = attrs["pads"]
-            counted[top - explicit_top:top + height + explicit_bottom, left - explicit_left:left + width + explicit_right] = 1
+            rows = slice(top - explicit_top, top + height + explicit_bottom)
+            counted[rows, left - explicit_left:left + width + explicit_right] = 1
         else:
             counted[top:top + height, left:left + width] = 1
         _, out_h, out_w = node.shape
@@ -418,10 +426,10 @@ class _Lowering:
         with np.errstate(divide="ignore"):
             scale = (kh * kw / counts).astype(np.float32).reshape(1, 1, out_h, out_w)
         mean = self.add("AveragePool", [padded], f"{node.name}/window_mean", name=node.name, **window)
-        self.add("Mul", [mean, self.initializer(f"{node.name}/count_scale", scale)], node.name,
+        return self.add("Mul", [mean, self.initializer(f"{node.name}/count_scale", scale)], output,
                  name=f"{node.name}/rescale")
 
-    def _batchnorm(self, node: Node) -> None:
+    def _batchnorm(self, node: Node, output: str) -> str:
         name, channels = node.name, node.shape[0]
         if node.attrs["affine"]:
             scale, shift = self.parameter(f"{name}.weight"), self.parameter(f"{name}.bias")
@@ -430,16 +438,16 @@ class _Lowering:
             shift = self.initializer(f"{name}/zero_shift", np.zeros(channels, np.float32))
         inputs = [self.input_of(node), scale, shift, self.parameter(f"{name}.running_mean"),
                   self.parameter(f"{name}.running_var")]
-        self.add("BatchNormalization", inputs, name, name=name, epsilon=float(node.attrs["eps"]))
+        return self.add("BatchNormalization", inputs, output, name=name, epsilon=float(node.attrs["eps"]))
 
-    def _elementwise(self, node: Node) -> None:
+    def _elementwise(self, node: Node, output: str) -> str:
         """add / multiply, numpy broadcasting with the batch dimension in front; a flat (C,) operand
         against (C, H, W) is unsqueezed to (C, 1, 1) first. More than two operands: left to right."""
         kind = "Add" if node.op == "add" else "Mul"
         operands = []
         for index, source in enumerate(node.inputs):
             tensor = self.tensor_of[source]
-            if len(self.graph.node(source).shape) == 1 and len(node.shape) == 3:
+            if len(self.shapes[source]) == 1 and len(node.shape) == 3:
                 axes = self.initializer("const/axes_hw", np.array([2, 3], dtype=np.int64))
                 tensor = self.add("Unsqueeze", [tensor, axes], f"{node.name}/operand{index + 1}",
                                   name=f"{node.name}/unsqueeze{index + 1}")
@@ -447,39 +455,17 @@ class _Lowering:
         result = operands[0]
         for index, operand in enumerate(operands[1:], start=1):
             last = index == len(operands) - 1
-            result = self.add(kind, [result, operand], node.name if last else f"{node.name}/partial{index}",
+            result = self.add(kind, [result, operand], output if last else f"{node.name}/partial{index}",
                               name=node.name if last else f"{node.name}/{kind.lower()}{index}")
+        return result
 
-    def activation(self, activation: Option, x: str, out: str, name: str) -> None:
-        kind = activation.name
-        if kind == "relu":
-            self.add("Relu", [x], out, name=name)
-        elif kind == "leaky_relu":
-            self.add("LeakyRelu", [x], out, name=name, alpha=float(activation.get("alpha", 0.01)))
-        elif kind == "elu":
-            self.add("Elu", [x], out, name=name, alpha=float(activation.get("alpha", 1.0)))
-        elif kind == "selu":
-            self.add("Selu", [x], out, name=name, alpha=SELU_ALPHA, gamma=SELU_SCALE)
-        elif kind == "sigmoid":
-            self.add("Sigmoid", [x], out, name=name)
-        elif kind == "tanh":
-            self.add("Tanh", [x], out, name=name)
-        elif kind == "softmax":
-            self.add("Softmax", [x], out, name=name, axis=1)
-        elif kind == "silu":  # x * sigmoid(x); ONNX has no SiLU below opset 24 (Swish)
-            gate = self.add("Sigmoid", [x], f"{name}/sigmoid", name=name)
-            self.add("Mul", [x, gate], out, name=f"{name}/mul")
-        elif kind == "gelu":
-            self._gelu(activation.get("approximate", "none"), x, out, name)
-        elif kind == "identity":
-            self.add("Identity", [x], out, name=name)
-        else:  # pragma: no cover - ops.ACTIVATION_ARGS lists every activation
-            raise CnncError(f"the ONNX backend has no lowering for activation '{kind}'")
+    def _unary(self, kind: str, node: Node, output: str, **attrs: Any) -> str:
+        return self.add(kind, [self.input_of(node)], output, name=node.name, **attrs)
 
-    def _gelu(self, approximate: str, x: str, out: str, name: str) -> None:
+    def _gelu(self, node: Node, out: str) -> str:
+        approximate, x, name = node.attrs["approximate"], self.input_of(node), node.name
         if self.opset >= NATIVE_GELU_OPSET:
-            self.add("Gelu", [x], out, name=name, approximate=approximate)
-            return
+            return self.add("Gelu", [x], out, name=name, approximate=approximate)
         # Below opset 20, PyTorch's formulas:
         #   none  0.5 * x * (1 + erf(x / sqrt(2)))
         #   tanh  0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x^3)))
@@ -497,7 +483,40 @@ class _Lowering:
             shaped = self.add("Erf", [scaled], f"{name}/erf", name=f"{name}/erf")
         shifted = self.add("Add", [shaped, self.scalar("one", 1.0)], f"{name}/one_plus", name=f"{name}/one_plus")
         gated = self.add("Mul", [x, shifted], f"{name}/gated", name=f"{name}/gate")
-        self.add("Mul", [gated, self.scalar("half", 0.5)], out, name=f"{name}/half")
+        return self.add("Mul", [gated, self.scalar("half", 0.5)], out, name=f"{name}/half")
+
+
+Lowering = Callable[[_Lowering, Node, str], str]
+
+
+def _simple(kind: str, **attrs: Any) -> Lowering:
+    return lambda lowering, node, output: lowering._unary(kind, node, output, **attrs)
+
+
+LOWERINGS: dict[str, Lowering] = {
+    "conv": _Lowering._conv,
+    "dense": _Lowering._dense,
+    "maxpool": _Lowering._pool,
+    "avgpool": _Lowering._pool,
+    "global_avgpool": _Lowering._global_pool,
+    "global_maxpool": _Lowering._global_pool,
+    "flatten": _Lowering._flatten,
+    "batchnorm": _Lowering._batchnorm,
+    "dropout": _Lowering._pass_through,
+    "identity": _Lowering._pass_through,
+    "add": _Lowering._elementwise,
+    "multiply": _Lowering._elementwise,
+    "concat": _Lowering._concat,
+    "relu": _simple("Relu"),
+    "leaky_relu": lambda lowering, node, output: lowering._unary("LeakyRelu", node, output,
+                                                                 alpha=float(node.attrs["alpha"])),
+    "elu": lambda lowering, node, output: lowering._unary("Elu", node, output, alpha=float(node.attrs["alpha"])),
+    "selu": _simple("Selu", alpha=SELU_ALPHA, gamma=SELU_SCALE),
+    "gelu": _Lowering._gelu,
+    "sigmoid": _simple("Sigmoid"),
+    "tanh": _simple("Tanh"),
+    "softmax": _simple("Softmax", axis=1),
+}
 
 
 def _floor_end_pad(size: int, kernel: int, stride: int, before: int, output: int, after: int) -> int:
@@ -521,23 +540,12 @@ def _fits(pads: Sequence[int], kernel: tuple[int, int]) -> bool:
     return max(top, bottom) < kernel[0] and max(left, right) < kernel[1]
 
 
-def _live(graph: Graph) -> set[str]:
-    """The nodes that the output depends on."""
-    live, stack = set(), [graph.output]
-    while stack:
-        name = stack.pop()
-        if name not in live:
-            live.add(name)
-            stack.extend(graph.node(name).inputs)
-    return live
-
-
 def _value_info(name: str, shape: Sequence[int]) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, [BATCH_DIM, *shape])
 
 
 def _model(graph: Graph, lowered: _Lowered, opset: int) -> onnx.ModelProto:
-    shape_of = {}
+    shape_of: dict[str, tuple[int, ...]] = {}
     for node in graph.nodes:
         shape_of.setdefault(lowered.tensor_of.get(node.name, node.name), node.shape)
     onnx_graph = helper.make_graph(

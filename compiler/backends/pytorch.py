@@ -16,9 +16,10 @@ Conventions:
   pooling divides by the number of input elements in the window, or with count_pad=true by the input
   and padding elements; the rows and columns a ceil-mode window reaches beyond the padding are never
   counted (as in PyTorch and ONNX).
-- `forward(x, logits=True)` skips a final softmax (reached through identity and flatten only):
-  training with `cross_entropy(from_logits=false)` computes log-softmax of those logits, which is
-  exactly the log of the probabilities but numerically stable.
+- Each op is lowered by its entry in `LOWERINGS`, or else through its decomposition into other ops
+  (compiler.ops); a fused `activation=` is the activation op's own lowering, applied in place.
+- What the graph ends with is decided before lowering (compiler.passes.with_outputs): training with
+  `cross_entropy(from_logits=false)` builds the graph without its final softmax.
 The module works in either memory format: convert it and its inputs with
 `.to(memory_format=torch.channels_last)` (the trainer does); flatten still reads channel-major.
 """
@@ -26,7 +27,7 @@ The module works in either memory format: convert it and its inputs with
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import numpy as np
@@ -34,10 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cnnc.compiler.arguments import Option
 from cnnc.compiler.backends.weights import initial_weights
 from cnnc.compiler.ir import Graph, Node
-from cnnc.errors import CnncError
+from cnnc.compiler.ops import OPS
+from cnnc.compiler.passes import decompose, fused_activation, prune
+from cnnc.errors import CnncError, InternalError
 
 Pads = tuple[int, int, int, int]  # top, bottom, left, right, as in the IR
 WeightSource = Mapping[str, "np.ndarray | Tensor"]
@@ -107,6 +109,8 @@ class BatchNorm(nn.Module):
         self.momentum, self.eps = momentum, eps
         self.weight = nn.Parameter(torch.ones(channels)) if affine else None
         self.bias = nn.Parameter(torch.zeros(channels)) if affine else None
+        self.running_mean: Tensor
+        self.running_var: Tensor
         self.register_buffer("running_mean", torch.zeros(channels))
         self.register_buffer("running_var", torch.ones(channels))
 
@@ -132,8 +136,9 @@ class _Window:
     @staticmethod
     def of(node: Node, input_shape: tuple[int, ...]) -> _Window:
         attrs = node.attrs
+        (_, in_height, in_width), (_, out_height, out_width) = input_shape, node.shape
         return _Window(attrs["kernel"], attrs["stride"], attrs["pads"], attrs["ceil_mode"],
-                       input_shape[1:], node.shape[1:])
+                       (in_height, in_width), (out_height, out_width))
 
     def native(self, pads_counted: bool) -> tuple[tuple[int, int], bool] | None:
         """(padding, ceil_mode) with which torch's own pooling computes exactly these windows, or None.
@@ -221,27 +226,31 @@ class AvgPool(nn.Module):
         return f"kernel={w.kernel}, stride={w.stride}, pads={w.pads}, count_pad={self.count_pad}"
 
 
-# --- functions of parameter-free ops ------------------------------------------------------------------
+# --- the lowering table ------------------------------------------------------------------------------
 
 Function = Callable[..., Tensor]
+Shapes = tuple[tuple[int, ...], ...]
+# A lowering turns a node (and its inputs' shapes) into what computes it: a module, registered under
+# the node's name so that its parameters get the node's state-dict names, or a plain function.
+Lowering = Callable[[Node, Shapes], Function]
 
 
-def activation_function(option: Option) -> Function | None:
-    """The function of an activation (None for identity)."""
-    alpha = option.get("alpha")
-    functions: dict[str, Function | None] = {
-        "relu": F.relu,
-        "leaky_relu": partial(F.leaky_relu, negative_slope=alpha),
-        "elu": partial(F.elu, alpha=alpha),
-        "selu": F.selu,
-        "gelu": partial(F.gelu, approximate=option.get("approximate", "none")),
-        "silu": F.silu,
-        "sigmoid": torch.sigmoid,
-        "tanh": torch.tanh,
-        "softmax": partial(F.softmax, dim=1),
-        "identity": None,
-    }
-    return functions[option.name]
+def _activation(make: Callable[[Node], Function]) -> Lowering:
+    return lambda node, shapes: make(node)
+
+
+_ACTIVATIONS: dict[str, Lowering] = {
+    "relu": _activation(lambda n: F.relu),
+    "leaky_relu": _activation(lambda n: partial(F.leaky_relu, negative_slope=n.attrs["alpha"])),
+    "elu": _activation(lambda n: partial(F.elu, alpha=n.attrs["alpha"])),
+    "selu": _activation(lambda n: F.selu),
+    "gelu": _activation(lambda n: partial(F.gelu, approximate=n.attrs["approximate"])),
+    "silu": _activation(lambda n: F.silu),
+    "sigmoid": _activation(lambda n: torch.sigmoid),
+    "tanh": _activation(lambda n: torch.tanh),
+    "softmax": _activation(lambda n: partial(F.softmax, dim=1)),
+    "identity": _activation(lambda n: _identity),
+}
 
 
 def _global_avgpool(keepdims: bool, x: Tensor) -> Tensor:
@@ -262,15 +271,43 @@ def _as_feature_map(x: Tensor) -> Tensor:
 
 
 def _merge(combine: Callable[[Tensor, Tensor], Tensor], expand: tuple[bool, ...], *inputs: Tensor) -> Tensor:
-    result = None
-    for tensor, flat_against_map in zip(inputs, expand):
-        tensor = _as_feature_map(tensor) if flat_against_map else tensor
-        result = tensor if result is None else combine(result, tensor)
+    result = _as_feature_map(inputs[0]) if expand[0] else inputs[0]
+    for tensor, flat_against_map in zip(inputs[1:], expand[1:]):
+        result = combine(result, _as_feature_map(tensor) if flat_against_map else tensor)
     return result
+
+
+def _elementwise(combine: Callable[[Tensor, Tensor], Tensor]) -> Lowering:
+    def lower(node: Node, shapes: Shapes) -> Function:
+        expand = tuple(len(shape) == 1 and len(node.shape) == 3 for shape in shapes)
+        return partial(_merge, combine, expand)
+    return lower
 
 
 def _concat(*inputs: Tensor) -> Tensor:
     return torch.cat(inputs, dim=1)
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+LOWERINGS: dict[str, Lowering] = {
+    "conv": lambda node, shapes: Conv(node),
+    "dense": lambda node, shapes: Dense(node),
+    "batchnorm": lambda node, shapes: BatchNorm(node.shape[0], node.attrs["momentum"], node.attrs["eps"],
+                                                node.attrs["affine"]),
+    "dropout": lambda node, shapes: nn.Dropout(node.attrs["rate"]),
+    "maxpool": lambda node, shapes: MaxPool(_Window.of(node, shapes[0])),
+    "avgpool": lambda node, shapes: AvgPool(_Window.of(node, shapes[0]), node.attrs["count_pad"]),
+    "global_avgpool": lambda node, shapes: partial(_global_avgpool, node.attrs["keepdims"]),
+    "global_maxpool": lambda node, shapes: partial(_global_maxpool, node.attrs["keepdims"]),
+    "flatten": lambda node, shapes: _flatten,
+    "add": _elementwise(torch.add),
+    "multiply": _elementwise(torch.mul),
+    "concat": lambda node, shapes: _concat,
+    **_ACTIVATIONS,
+}
 
 
 # --- the module --------------------------------------------------------------------------------------
@@ -286,121 +323,77 @@ class _Step:
 
 
 class CnncModule(nn.Module):
-    """A checked graph as a module: `forward`, `forward_all`, and the `graph` it came from."""
+    """A checked graph as a module: `forward`, `forward_all`, and the `graph` it came from.
+
+    Only the layers that reach the output are built (compiler.passes.prune), as in ONNX."""
 
     def __init__(self, graph: Graph) -> None:
         super().__init__()
         self.graph = graph
-        slots = {node.name: index for index, node in enumerate(graph.nodes)}
+        live = prune(graph)
+        self._slots = {node.name: index for index, node in enumerate(live.nodes)}
+        self._shapes = {node.name: node.shape for node in live.nodes}
         steps: list[_Step] = []
-        for node in graph.nodes[1:]:
-            steps += self._lower(node, tuple(slots[name] for name in node.inputs), slots[node.name])
-        self._steps = _with_releases(steps, slots[graph.output])
-        self._final_softmax = _final_softmax_step(graph, self._steps, slots)
-        self._output = slots[graph.output]
+        for node in live.nodes[1:]:
+            steps += self._lower(node)
+        self._output = self._slots[graph.output]
+        self._steps = _with_releases(steps, self._output)
+        self._layers = {name: self._slots[name] for name in (n.name for n in live.nodes)}
 
-    @property
-    def ends_in_softmax(self) -> bool:
-        """Whether the output is a softmax's (then `forward(x, logits=True)` gives its logits)."""
-        return self._final_softmax is not None
-
-    def forward(self, x: Tensor, logits: bool = False) -> Tensor:
-        """The output for a batch `x`; with `logits`, skip a final softmax (see `ends_in_softmax`)."""
-        values: list[Tensor | None] = [None] * len(self.graph.nodes)
+    def forward(self, x: Tensor) -> Tensor:
+        values: list[Tensor | None] = [None] * len(self._slots)
         values[0] = x
-        skip = self._final_softmax if logits else None
         for step in self._steps:
-            arguments = [values[i] for i in step.inputs]
-            values[step.output] = arguments[0] if step is skip else step.function(*arguments)
+            values[step.output] = step.function(*(values[i] for i in step.inputs))
             for index in step.release:
                 values[index] = None
-        return values[self._output]
+        return values[self._output]  # type: ignore[return-value]
 
     def forward_all(self, x: Tensor) -> dict[str, Tensor]:
-        """Every node's output (the input included), by node name, for layer-by-layer comparison."""
-        values: list[Tensor] = [x]
+        """Every live node's output (the input included), by node name, for layer-by-layer comparison;
+        a layer with a fused activation gives the activation's output."""
+        values: list[Tensor | None] = [None] * len(self._slots)
+        values[0] = x
         for step in self._steps:
-            result = step.function(*(values[i] for i in step.inputs))
-            if step.output == len(values):
-                values.append(result)
-            else:  # an activation fused into its layer replaces the layer's value
-                values[step.output] = result
-        return {node.name: value for node, value in zip(self.graph.nodes, values)}
+            values[step.output] = step.function(*(values[i] for i in step.inputs))
+        return {name: values[index] for name, index in self._layers.items()}  # type: ignore[misc]
 
-    def _lower(self, node: Node, inputs: tuple[int, ...], output: int) -> list[_Step]:
-        """The steps of one node: its layer, then its fused activation if it has one."""
-        steps = [_Step(self._layer(node), inputs, output)]
-        activation = node.attrs.get("activation") if node.op in ("conv", "depthwise_conv", "dense") else None
-        function = activation_function(activation) if activation is not None else None
-        if function is not None:
-            steps.append(_Step(function, (output,), output))
+    def _slot(self, name: str) -> int:
+        return self._slots.setdefault(name, len(self._slots))
+
+    def _lower(self, node: Node) -> list[_Step]:
+        """The steps of one node: its lowering and then its fused activation, or else its decomposition."""
+        lowering = LOWERINGS.get(node.op)
+        if lowering is None:
+            if OPS[node.op].decomposition is None:
+                raise InternalError(f"the PyTorch backend has no lowering for op '{node.op}' and the op "
+                                    "has no decomposition")
+            parts = decompose(node, {name: self._shapes[name] for name in node.inputs})
+            self._shapes.update((part.name, part.shape) for part in parts)
+            return [step for part in parts for step in self._lower(part)]
+        function = lowering(node, tuple(self._shapes[name] for name in node.inputs))
+        if isinstance(function, nn.Module):
+            self._attach(node.name, function)
+        output = self._slot(node.name)
+        steps = [_Step(function, tuple(self._slots[name] for name in node.inputs), output)]
+        activation = fused_activation(node)
+        if activation is not None:  # computed in place of the layer's own value
+            activation_steps = self._lower(replace(activation, name=node.name, inputs=(node.name,)))
+            steps += activation_steps
         return steps
 
-    def _layer(self, node: Node) -> Function:
-        op, attrs = node.op, node.attrs
-        input_shapes = [self.graph.node(name).shape for name in node.inputs]
-        if op in ("conv", "depthwise_conv"):
-            return self._attach(node.name, Conv(node))
-        if op == "dense":
-            return self._attach(node.name, Dense(node))
-        if op == "batchnorm":
-            return self._attach(node.name, BatchNorm(node.shape[0], attrs["momentum"], attrs["eps"], attrs["affine"]))
-        if op == "dropout":
-            return self._attach(node.name, nn.Dropout(attrs["rate"]))
-        if op == "maxpool":
-            return self._attach(node.name, MaxPool(_Window.of(node, input_shapes[0])))
-        if op == "avgpool":
-            return self._attach(node.name, AvgPool(_Window.of(node, input_shapes[0]), attrs["count_pad"]))
-        if op == "global_avgpool":
-            return partial(_global_avgpool, attrs["keepdims"])
-        if op == "global_maxpool":
-            return partial(_global_maxpool, attrs["keepdims"])
-        if op == "flatten":
-            return _flatten
-        if op in ("add", "multiply"):
-            expand = tuple(len(shape) == 1 and len(node.shape) == 3 for shape in input_shapes)
-            return partial(_merge, torch.add if op == "add" else torch.mul, expand)
-        if op == "concat":
-            return _concat
-        function = activation_function(Option(op, tuple(attrs)))
-        return function if function is not None else _identity
-
-    def _attach(self, dotted_name: str, layer: nn.Module) -> nn.Module:
+    def _attach(self, dotted_name: str, layer: nn.Module) -> None:
         """Register `layer` under its node name, nesting at the dots, so state-dict keys read
-        `block1.conv2.weight`."""
+        `block1.conv2.weight`. Written into `_modules` directly: any name the checker accepts
+        works, `forward` or `half` included, since the forward pass never looks layers up by attribute."""
         *parents, leaf = dotted_name.split(".")
         owner: nn.Module = self
         for part in parents:
             child = owner._modules.get(part)
             if child is None:
-                child = nn.Module()
-                self._register(owner, part, child, dotted_name)
+                child = owner._modules[part] = nn.Module()
             owner = child
-        self._register(owner, leaf, layer, dotted_name)
-        return layer
-
-    @staticmethod
-    def _register(owner: nn.Module, name: str, child: nn.Module, dotted_name: str) -> None:
-        if hasattr(owner, name):
-            raise CnncError(f"layer name '{dotted_name}' clashes with the PyTorch module attribute '{name}'; "
-                            "rename the layer")
-        owner.add_module(name, child)
-
-
-def _identity(x: Tensor) -> Tensor:
-    return x
-
-
-def _final_softmax_step(graph: Graph, steps: list[_Step], slots: Mapping[str, int]) -> _Step | None:
-    """The step computing a softmax whose output reaches the model's output unchanged in value."""
-    node = graph.output_node
-    while node.op in ("identity", "flatten"):
-        node = graph.node(node.inputs[0])
-    activation = node.attrs.get("activation")
-    is_softmax = node.op == "softmax" or (activation is not None and activation.name == "softmax")
-    if not is_softmax:
-        return None
-    return [step for step in steps if step.output == slots[node.name]][-1]
+        owner._modules[leaf] = layer
 
 
 def _with_releases(steps: list[_Step], output: int) -> list[_Step]:

@@ -1,10 +1,9 @@
 """Initial weights, in numpy: the one documented source of them for every backend.
 
 `cnnc compile` (no torch) and a fresh PyTorch module built with the same seed hold identical weights.
-Names and layouts are PyTorch's state_dict conventions:
-    conv / depthwise_conv   X.weight (filters, in_channels / groups, kh, kw), X.bias (filters,)
-    dense                   X.weight (units, in_features), X.bias (units,)
-    batchnorm               X.weight, X.bias (affine only), X.running_mean, X.running_var (C,)
+Which arrays a layer has (names, shapes, initializers, fans) is declared by its op in the registry
+(compiler/ops/, `parameters`); names and layouts are PyTorch's state_dict conventions
+(`conv1.weight` (filters, in_channels / groups, kh, kw), `bn1.running_var` (C,), ...).
 Each array has its own random stream, seeded by (seed, crc32(name)), so adding a layer leaves the
 others' initial values unchanged.
 
@@ -30,64 +29,35 @@ import numpy as np
 
 from cnnc.compiler.arguments import Option
 from cnnc.compiler.ir import Graph, Node
+from cnnc.compiler.ops import OPS, Param
+from cnnc.compiler.passes import prune
 
 TRUNCATION_STD_CORRECTION = 0.87962566103423978
 
 
 def parameter_shapes(graph: Graph) -> dict[str, tuple[int, ...]]:
     """The name and shape of every parameter and buffer, in graph order."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    for node in graph.nodes:
-        for name, (shape, _) in _arrays(node).items():
-            shapes[name] = shape
-    return shapes
+    return {name: param.shape for name, param in node_parameters(graph)}
 
 
 def initial_weights(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
     weights: dict[str, np.ndarray] = {}
-    for node in graph.nodes:
-        fans = _fans(node)
-        for name, (shape, init) in _arrays(node).items():
-            rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-            weights[name] = _initialize(init, shape, fans, rng).astype(np.float32)
+    for name, param in node_parameters(graph):
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+        weights[name] = _initialize(param.init, param.shape, param.fans, rng).astype(np.float32)
     return weights
 
 
-def _arrays(node: Node) -> dict[str, tuple[tuple[int, ...], Option]]:
-    """Each array of a node: its shape and the initializer that fills it."""
-    attrs = node.attrs
-    if node.op in ("conv", "depthwise_conv"):
-        kh, kw = attrs["kernel"]
-        weight = (attrs["filters"], attrs["in_channels"] // attrs["groups"], kh, kw)
-        return _with_bias(node, weight, attrs["filters"])
-    if node.op == "dense":
-        return _with_bias(node, (attrs["units"], attrs["in_features"]), attrs["units"])
-    if node.op == "batchnorm":
-        channels = (node.shape[0],)
-        arrays = {f"{node.name}.weight": (channels, Option("ones")), f"{node.name}.bias": (channels, Option("zeros"))}
-        if not attrs["affine"]:
-            arrays = {}
-        arrays[f"{node.name}.running_mean"] = (channels, Option("zeros"))
-        arrays[f"{node.name}.running_var"] = (channels, Option("ones"))
-        return arrays
-    return {}
+def node_parameters(graph: Graph) -> list[tuple[str, Param]]:
+    """Every array of every live node (the backends build no others), as the op registry declares it,
+    with its state-dict name."""
+    return [(f"{node.name}.{param.name}", param) for node in prune(graph).nodes for param in parameters_of(node)]
 
 
-def _with_bias(node: Node, weight: tuple[int, ...], outputs: int) -> dict[str, tuple[tuple[int, ...], Option]]:
-    arrays = {f"{node.name}.weight": (weight, node.attrs["init"])}
-    if node.attrs["bias"]:
-        arrays[f"{node.name}.bias"] = ((outputs,), node.attrs["bias_init"])
-    return arrays
-
-
-def _fans(node: Node) -> tuple[int, int]:
-    attrs = node.attrs
-    if node.op in ("conv", "depthwise_conv"):
-        kh, kw = attrs["kernel"]
-        return attrs["in_channels"] // attrs["groups"] * kh * kw, attrs["filters"] * kh * kw
-    if node.op == "dense":
-        return attrs["in_features"], attrs["units"]
-    return 1, 1
+def parameters_of(node: Node) -> tuple[Param, ...]:
+    if node.op == "input":
+        return ()
+    return OPS[node.op].parameters(node.attrs.as_dict(), node.shape)
 
 
 def _truncated_normal(rng: np.random.Generator, shape: tuple[int, ...], mean: float, std: float) -> np.ndarray:

@@ -1,0 +1,15 @@
+"""Layers that act only while training and are the identity at inference."""
+
+from __future__ import annotations
+
+from cnnc.compiler.arguments import ArgSpec, Float
+from cnnc.compiler.ops.core import OpDef, same_as_input
+
+FAMILY = "regularize"
+
+DROPOUT = OpDef(
+    "dropout", FAMILY, "zeroes a fraction of activations while training",
+    (ArgSpec("rate", Float(minimum=0, below=1), 0.5, positional=True),), same_as_input, "dropout(0.25)",
+)
+
+OPS = (DROPOUT,)

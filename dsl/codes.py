@@ -1,0 +1,65 @@
+"""Every diagnostic code, once: its short name and what it means.
+
+Stages import the constants below instead of writing codes as strings; `docs/language.md`'s table
+and the golden coverage test are generated from `CODES`, so a code added here is documented and
+must get a golden case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Code:
+    code: str
+    name: str
+    meaning: str
+
+    @property
+    def is_error(self) -> bool:
+        return self.code.startswith("E")
+
+
+CODES: dict[str, Code] = {}
+
+
+def _code(code: str, name: str, meaning: str) -> str:
+    assert code not in CODES, f"diagnostic code {code} is defined twice"
+    CODES[code] = Code(code, name, meaning)
+    return code
+
+
+SYNTAX_ERROR = _code("E001", "syntax", "syntax error")
+UNKNOWN_LAYER = _code("E002", "unknown-layer", "unknown layer")
+UNKNOWN_ARGUMENT = _code("E003", "unknown-argument", "unknown argument")
+WRONG_TYPE = _code("E004", "wrong-type", "wrong argument type")
+OUT_OF_RANGE = _code("E005", "out-of-range", "argument out of range")
+MISSING_ARGUMENT = _code("E006", "missing-argument", "missing argument, or a merge with too few inputs")
+BAD_CALL = _code("E007", "bad-call", "too many positional arguments, or one given twice")
+BAD_ARITHMETIC = _code("E008", "arithmetic", "arithmetic that cannot be done: division by zero, overflow, "
+                                             "an exponent out of range, a number too large, a non-number operand")
+SHAPE_ERROR = _code("E010", "shape", "a spatial size collapses to zero or below")
+INCOMPATIBLE_SHAPES = _code("E011", "incompatible-shapes", "merged tensors of incompatible shapes")
+WRONG_RANK = _code("E013", "wrong-rank", "wrong rank: a feature-map layer on a flat vector, or the reverse")
+UNDEFINED_NAME = _code("E020", "undefined-name", "undefined name")
+DUPLICATE_NAME = _code("E021", "duplicate-name", "duplicate name (tensor, constant, block, model, train section)")
+RECURSIVE_BLOCK = _code("E022", "recursive-block", "a block that calls itself")
+INCLUDE_CYCLE = _code("E023", "include-cycle", "include cycle")
+INCLUDE_ERROR = _code("E024", "include", "include problem (missing file, a model in an included file)")
+MODEL_TOO_LARGE = _code("E025", "too-large", "a model over the parameter limit (`--max-params`, "
+                                             "default 1,000,000,000)")
+BAD_INPUT = _code("E026", "input", "input problems: none, two, one inside a block, or the input as the output")
+BAD_REPEAT = _code("E027", "repeat", "a repeat count out of range")
+RESERVED_NAME = _code("E028", "reserved-name", "a layer name a backend reserves (`training`, names starting with `_`)")
+TRAIN_ERROR = _code("E030", "train", "train section problems")
+UNUSED_OUTPUT = _code("W001", "unused", "a layer whose output is never used")
+UNREAD_INPUT = _code("W002", "unread-input", "padding that leaves input rows or columns unread")
+DOUBLE_SOFTMAX = _code("W003", "double-softmax", "softmax followed by a loss that applies softmax again")
+
+
+def docs_table() -> str:
+    """The Markdown table of codes, as docs/language.md holds it."""
+    rows = ["| code | name | meaning |", "| --- | --- | --- |"]
+    rows += [f"| {c.code} | {c.name} | {c.meaning} |" for c in CODES.values()]
+    return "\n".join(rows) + "\n"
