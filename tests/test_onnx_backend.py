@@ -22,7 +22,7 @@ from cnnc.compiler.passes import dead_nodes, final_softmax, prune, with_outputs
 ALLOWED_OPS = {
     "Conv", "Gemm", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Flatten", "BatchNormalization",
     "Relu", "LeakyRelu", "Elu", "Selu", "Gelu", "Sigmoid", "Tanh", "Softmax", "Erf", "Mul", "Add", "Concat",
-    "Unsqueeze", "Pad", "Identity",
+    "Unsqueeze", "Pad", "Identity", "Pow", "Expand",
 }
 
 
