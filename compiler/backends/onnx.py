@@ -523,6 +523,82 @@ def _simple(kind: str, **attrs: Any) -> Lowering:
     return lambda lowering, node, output: lowering._unary(kind, node, output, **attrs)
 
 
+def _conv_transpose(ctx: _Lowering, node: Node, output: str) -> str:
+    """ConvTranspose (unchanged in meaning from opset 11 on). The output_padding is folded into the
+    end pads (both only move the output's end), so ONNX sees output_padding only where it exceeds the
+    end pad. onnxruntime refuses an output_padding as large as the stride, which PyTorch allows below
+    the dilation: then the end is extended by a zero Pad and the bias added after it."""
+    attrs = node.attrs
+    top, bottom, left, right = attrs["pads"]
+    ends = (bottom - attrs["output_padding"][0], right - attrs["output_padding"][1])
+    extension = [max(-end, 0) for end in ends]
+    beyond_stride = any(extra >= s for extra, s in zip(extension, attrs["stride"]))
+    inputs = [ctx.input_of(node), ctx.parameter(f"{node.name}.weight")]
+    if attrs["bias"] and not beyond_stride:
+        inputs.append(ctx.parameter(f"{node.name}.bias"))
+    settings: dict[str, Any] = {"kernel_shape": list(attrs["kernel"]), "strides": list(attrs["stride"]),
+                                "pads": [top, left, max(ends[0], 0), max(ends[1], 0)]}
+    if tuple(attrs["dilation"]) != (1, 1):
+        settings["dilations"] = list(attrs["dilation"])
+    if attrs["groups"] != 1:
+        settings["group"] = attrs["groups"]
+    if not beyond_stride:
+        if any(extension):
+            settings["output_padding"] = extension
+        return ctx.add("ConvTranspose", inputs, output, name=node.name, **settings)
+    full = ctx.add("ConvTranspose", inputs, f"{node.name}/unextended", name=node.name, **settings)
+    amounts = ctx.initializer(f"{node.name}/extension", np.array([0, 0, 0, 0, 0, 0, *extension], np.int64))
+    if not attrs["bias"]:
+        return ctx.add("Pad", [full, amounts], output, name=f"{node.name}/extend")
+    extended = ctx.add("Pad", [full, amounts], f"{node.name}/extended", name=f"{node.name}/extend")
+    axes = ctx.initializer("const/axes_after_channels", np.array([1, 2], np.int64))
+    bias = ctx.add("Unsqueeze", [ctx.parameter(f"{node.name}.bias"), axes], f"{node.name}/bias_chw",
+                   name=f"{node.name}/unsqueeze_bias")
+    return ctx.add("Add", [extended, bias], output, name=f"{node.name}/bias")
+
+
+def _upsample(ctx: _Lowering, node: Node, output: str) -> str:
+    """Resize with the scales input (the same form at every opset from 13: roi empty, no sizes, no
+    antialias or axes). PyTorch's nearest is floor of the asymmetric coordinate out / scale; bilinear
+    with align_corners=False is half_pixel (equal to pytorch_half_pixel, as no output axis has length 1
+    unless its input has)."""
+    scales = ctx.initializer(f"{node.name}/scales", np.array([1, 1, *node.attrs["scale"]], np.float32))
+    if node.attrs["mode"] == "nearest":
+        settings = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
+    else:
+        settings = {"mode": "linear", "coordinate_transformation_mode": "half_pixel"}
+    return ctx.add("Resize", [ctx.input_of(node), "", scales], output, name=node.name, **settings)
+
+
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge"}
+
+
+def _pad(ctx: _Lowering, node: Node, output: str) -> str:
+    """Pad with pads and value as inputs (since opset 11); reflect is numpy's and PyTorch's (the edge
+    is not repeated), edge is replicate."""
+    top, bottom, left, right = node.attrs["pads"]
+    mode = node.attrs["mode"]
+    inputs = [ctx.input_of(node),
+              ctx.initializer(f"{node.name}/pads", np.array([0, 0, top, left, 0, 0, bottom, right], np.int64))]
+    if mode == "constant":
+        inputs.append(ctx.initializer(f"{node.name}/value", np.array(node.attrs["value"], np.float32)))
+    return ctx.add("Pad", inputs, output, name=node.name, mode=_PAD_MODES[mode])
+
+
+def _channel_shuffle(ctx: _Lowering, node: Node, output: str) -> str:
+    """Reshape to (N, groups, C / groups, H, W), swap the two channel axes, reshape back; the 0 in
+    the shapes copies the symbolic batch."""
+    channels, height, width = node.shape
+    groups = node.attrs["groups"]
+    grouped_shape = ctx.initializer(f"{node.name}/grouped_shape",
+                                    np.array([0, groups, channels // groups, height, width], np.int64))
+    flat_shape = ctx.initializer(f"{node.name}/shape", np.array([0, channels, height, width], np.int64))
+    grouped = ctx.add("Reshape", [ctx.input_of(node), grouped_shape], f"{node.name}/grouped",
+                      name=f"{node.name}/group")
+    swapped = ctx.add("Transpose", [grouped], f"{node.name}/swapped", name=node.name, perm=[0, 2, 1, 3, 4])
+    return ctx.add("Reshape", [swapped, flat_shape], output, name=f"{node.name}/ungroup")
+
+
 LOWERINGS: dict[str, Lowering] = {
     "conv": _Lowering._conv,
     "dense": _Lowering._dense,
@@ -537,6 +613,10 @@ LOWERINGS: dict[str, Lowering] = {
     "add": _Lowering._elementwise,
     "multiply": _Lowering._elementwise,
     "concat": _Lowering._concat,
+    "conv_transpose": _conv_transpose,
+    "upsample": _upsample,
+    "pad": _pad,
+    "channel_shuffle": _channel_shuffle,
     "relu": _simple("Relu"),
     "leaky_relu": lambda lowering, node, output: lowering._unary("LeakyRelu", node, output,
                                                                  alpha=float(node.attrs["alpha"])),

@@ -292,6 +292,51 @@ def _identity(x: Tensor) -> Tensor:
     return x
 
 
+class ConvTranspose(nn.ConvTranspose2d):
+    """nn.ConvTranspose2d (its parameters and layout) with the IR's pads and output_padding: PyTorch's
+    own padding where the pads are symmetric, else the full transposed convolution cropped by the pads
+    and extended by the output_padding (rows that only the bias reaches), which is what PyTorch computes."""
+
+    def __init__(self, node: Node) -> None:
+        attrs = node.attrs
+        top, bottom, left, right = attrs["pads"]
+        symmetric = top == bottom and left == right
+        extra_h, extra_w = attrs["output_padding"]
+        super().__init__(
+            attrs["in_channels"], attrs["filters"], attrs["kernel"], stride=attrs["stride"],
+            padding=(top, left) if symmetric else 0, output_padding=(extra_h, extra_w) if symmetric else 0,
+            groups=attrs["groups"], bias=attrs["bias"], dilation=attrs["dilation"],
+        )
+        self.crop = None if symmetric else (-left, extra_w - right, -top, extra_h - bottom)
+
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        if self.crop is None:
+            return super().forward(x)
+        full = F.conv_transpose2d(x, self.weight, None, self.stride, 0, 0, self.groups, self.dilation)
+        cropped = F.pad(full, self.crop)  # negative amounts crop
+        return cropped if self.bias is None else cropped + self.bias[:, None, None]
+
+
+def _upsample(node: Node) -> Function:
+    """Integer scales: nearest takes input floor(out / scale); bilinear is align_corners=False."""
+    mode = node.attrs["mode"]
+    return partial(F.interpolate, scale_factor=tuple(float(s) for s in node.attrs["scale"]), mode=mode,
+                   align_corners=False if mode == "bilinear" else None)
+
+
+def _pad(node: Node) -> Function:
+    top, bottom, left, right = node.attrs["pads"]
+    mode = node.attrs["mode"]
+    if mode == "constant":
+        return partial(F.pad, pad=(left, right, top, bottom), mode="constant", value=node.attrs["value"])
+    return partial(F.pad, pad=(left, right, top, bottom), mode=mode)
+
+
+def _channel_shuffle(groups: int, x: Tensor) -> Tensor:
+    n, c, h, w = x.shape
+    return x.reshape(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
 LOWERINGS: dict[str, Lowering] = {
     "conv": lambda node, shapes: Conv(node),
     "dense": lambda node, shapes: Dense(node),
@@ -306,6 +351,10 @@ LOWERINGS: dict[str, Lowering] = {
     "add": _elementwise(torch.add),
     "multiply": _elementwise(torch.mul),
     "concat": lambda node, shapes: _concat,
+    "conv_transpose": lambda node, shapes: ConvTranspose(node),
+    "upsample": lambda node, shapes: _upsample(node),
+    "pad": lambda node, shapes: _pad(node),
+    "channel_shuffle": lambda node, shapes: partial(_channel_shuffle, node.attrs["groups"]),
     **_ACTIVATIONS,
 }
 

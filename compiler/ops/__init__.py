@@ -9,7 +9,7 @@ field, example) and add it to that module's `OPS`; then give each backend a lowe
 from __future__ import annotations
 
 from cnnc.compiler.arguments import ArgSpec, Choice, Int
-from cnnc.compiler.ops import activation, conv, linear, merge, norm, pool, regularize, shape
+from cnnc.compiler.ops import activation, conv, linear, merge, norm, pool, regularize, shape, spatial
 from cnnc.compiler.ops.activation import ACTIVATION, ACTIVATION_ARGS
 from cnnc.compiler.ops.core import (
     Field,
@@ -22,7 +22,7 @@ from cnnc.compiler.ops.core import (
 )
 from cnnc.compiler.ops.initializers import DEFAULT_WEIGHT_INIT, INITIALIZER, default_bias_init
 
-FAMILIES = (conv, pool, shape, linear, regularize, norm, merge, activation)
+FAMILIES = (conv, pool, shape, linear, regularize, norm, merge, activation, spatial)
 
 OPS: dict[str, OpDef] = {op.name: op for family in FAMILIES for op in family.OPS}
 ACTIVATIONS: tuple[str, ...] = tuple(ACTIVATION_ARGS)

@@ -1,7 +1,9 @@
-"""Convolutions: `conv` (grouped, dilated) and `depthwise_conv`, which is `conv` with groups = channels."""
+"""Convolutions: `conv` (grouped, dilated), `depthwise_conv`, which is `conv` with groups = channels, and
+`conv_transpose`."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -9,6 +11,7 @@ from cnnc.compiler import shapes
 from cnnc.compiler.arguments import ArgSpec, Bool, Int, Padding, Pair
 from cnnc.compiler.ops.activation import ACTIVATION
 from cnnc.compiler.ops.core import (
+    Field,
     Inferred,
     OpDef,
     Param,
@@ -22,6 +25,7 @@ from cnnc.compiler.ops.core import (
     window_field,
 )
 from cnnc.compiler.ops.initializers import INITIALIZER
+from cnnc.dsl.codes import OUT_OF_RANGE
 
 FAMILY = "conv"
 
@@ -178,4 +182,122 @@ DEPTHWISE_CONV = OpDef(
     parameters=conv_parameters, macs=_conv_macs, field=window_field, decomposition=_as_conv,
 )
 
-OPS = (CONV, DEPTHWISE_CONV)
+# --- conv_transpose ---------------------------------------------------------------------------------
+# PyTorch's ConvTranspose2d: input pixel i adds weight[:, :, t] to the "full" output at i * stride +
+# t * dilation; the layer's output is that full output, extended by output_padding at the end, with
+# `top` rows cut at the start and `bottom` at the end: output[j] = full[j + top]. Symmetric padding
+# is exactly PyTorch's `padding`; asymmetric padding and `same` generalise it by cropping.
+
+def _transposed_same(kernel: int, stride: int, dilation: int) -> tuple[int, int, int]:
+    """(before, after, output_padding) of `same`: the adjoint of a TensorFlow `same` convolution of an
+    input `stride` times larger, so output = input x stride (Keras's Conv2DTranspose)."""
+    reach = shapes.effective_kernel(kernel, dilation)
+    total = max(reach - stride, 0)
+    return total // 2, total - total // 2, max(stride - reach, 0)
+
+
+def _transposed_axis(size: int, kernel: int, stride: int, dilation: int, pads: tuple[int, int],
+                     extra: int) -> tuple[int, str]:
+    """The output length along one axis and how it is computed, for the summary and messages."""
+    reach = shapes.effective_kernel(kernel, dilation)
+    output = (size - 1) * stride + reach + extra - pads[0] - pads[1]
+    grown = f"({size} - 1)" + (f" x {stride}" if stride > 1 else "")
+    terms = f" + {reach}" + (f" + {extra}" if extra else "") + "".join(f" - {pad}" for pad in pads if pad)
+    return output, f"{grown}{terms} = {output}"
+
+
+def _transpose_infer(label: str, attrs: Mapping[str, Any], inputs: tuple[TensorInfo, ...]) -> Inferred:
+    info = inputs[0]
+    channels, height, width = need_feature_map(label, info)
+    filters, groups = attrs["filters"], attrs["groups"]
+    received = f"Received: groups={groups}, filters={filters}, input channels={channels} from {info.origin}"
+    divides(label, "input channels", channels, groups, received)
+    divides(label, "filters", filters, groups, received)
+    kernel, stride, dilation = attrs["kernel"], attrs["stride"], attrs["dilation"]
+    output_padding, padding = attrs["output_padding"], attrs["padding"]
+    if padding == "same" and output_padding != (0, 0):
+        raise ShapeError(f"{label}: output_padding cannot be combined with padding=same, which makes the output "
+                         "the input times the stride", f"Received: output_padding={_pair(output_padding)}",
+                         code=OUT_OF_RANGE)
+    for extra, s, d in zip(output_padding, stride, dilation):
+        if extra >= s and extra >= d:  # PyTorch's rule: it would only add rows no input reaches
+            raise ShapeError(f"{label}: output_padding must be smaller than the stride or the dilation",
+                             f"Received: output_padding={_pair(output_padding)}, stride={_pair(stride)}, "
+                             f"dilation={_pair(dilation)}", code=OUT_OF_RANGE)
+    sizes, formulas, pads, extras = [], [], [], []
+    for axis, (size, k, s, d, extra) in enumerate(zip((height, width), kernel, stride, dilation, output_padding)):
+        if padding == "same":
+            before, after, extra = _transposed_same(k, s, d)
+        else:
+            before, after = padding[2 * axis], padding[2 * axis + 1]
+        result, formula = _transposed_axis(size, k, s, d, (before, after), extra)
+        if result < 1:
+            axis_name = ("height", "width")[axis]
+            raise ShapeError(
+                f"{label}: padding {before}+{after} crops the whole output {axis_name}: {formula}",
+                f"Received: padding={_pair(padding)}, input {dims(info.shape)} from {info.origin}",
+                "use less padding, or a larger kernel or stride",
+            )
+        sizes.append(result)
+        formulas.append(formula)
+        pads.append((before, after))
+        extras.append(extra)
+    resolved = {"pads": (*pads[0], *pads[1]), "output_padding": tuple(extras), "in_channels": channels}
+    return Inferred((filters, sizes[0], sizes[1]), resolved, (formulas[0], formulas[1]))
+
+
+def _pair(value: Any) -> str:
+    return str(value) if isinstance(value, str) else "(" + ", ".join(map(str, value)) + ")"
+
+
+def _transpose_parameters(attrs: Mapping[str, Any], output: Shape) -> tuple[Param, ...]:
+    """PyTorch's layout (in_channels, filters / groups, kh, kw); the fans are PyTorch's and Keras's,
+    read from that layout as for the convolution whose gradient this is: fan_in = filters / groups x
+    kh x kw, fan_out = in_channels x kh x kw."""
+    kh, kw = attrs["kernel"]
+    filters, groups, channels = attrs["filters"], attrs["groups"], attrs["in_channels"]
+    fans = (filters // groups * kh * kw, channels * kh * kw)
+    weight = Param("weight", (channels, filters // groups, kh, kw), attrs["init"], fans=fans)
+    return (weight, Param("bias", (filters,), attrs["bias_init"], fans=fans)) if attrs["bias"] else (weight,)
+
+
+def _transpose_macs(attrs: Mapping[str, Any], inputs: tuple[Shape, ...], output: Shape) -> int:
+    """Every input value times every weight it meets (fvcore's and torchvision's count), whether or
+    not padding crops the product away."""
+    channels, height, width = inputs[0]
+    kh, kw = attrs["kernel"]
+    return channels // attrs["groups"] * attrs["filters"] * kh * kw * height * width
+
+
+def _transpose_field(attrs: Mapping[str, Any], inputs: tuple[Field, ...], shapes_: tuple[Shape, ...]) -> Field:
+    """An output reads the inputs i with i x stride + t x dilation = its position, t < kernel: at most
+    ceil(kernel x g / stride) of them, d / g apart (g = gcd(dilation, stride)); the jump shrinks by the stride."""
+    field_ = inputs[0]
+    grown = []
+    for k, s, d, extent, jump in zip(attrs["kernel"], attrs["stride"], attrs["dilation"],
+                                     (field_.height, field_.width), (field_.jump_height, field_.jump_width)):
+        g = math.gcd(d, s)
+        grown.append((extent + (-(-k * g // s) - 1) * (d // g) * jump, jump / s))
+    (height, jump_h), (width, jump_w) = grown
+    return Field(height, width, jump_h, jump_w)
+
+
+CONV_TRANSPOSE = OpDef(
+    "conv_transpose", FAMILY, "transposed 2-D convolution (PyTorch's ConvTranspose2d): upsampling with a learnt kernel",
+    (
+        ArgSpec("filters", Int(minimum=1), positional=True, doc="the number of output channels"),
+        ArgSpec("kernel", Pair(), positional=True, doc="the window size, 3 or (3, 5)"),
+        ArgSpec("stride", Pair(), (1, 1)),
+        ArgSpec("padding", Padding(), (0, 0, 0, 0), doc="rows and columns cut from the output's edges, or same"),
+        ArgSpec("output_padding", Pair(minimum=0), (0, 0), doc="rows and columns added at the bottom and right"),
+        ArgSpec("dilation", Pair(), (1, 1)),
+        ArgSpec("groups", Int(minimum=1), 1),
+        *WEIGHT_ARGS,
+    ),
+    _transpose_infer,
+    "conv_transpose(6, 3, stride=(2, 1), padding=(1, 2, 0, 0), output_padding=1, dilation=(1, 2), groups=3, "
+    "bias_init=uniform(0.5), activation=relu)",
+    parameters=_transpose_parameters, macs=_transpose_macs, field=_transpose_field,
+)
+
+OPS = (CONV, DEPTHWISE_CONV, CONV_TRANSPOSE)
