@@ -129,6 +129,21 @@ class Pair:
 
 
 @dataclass(frozen=True)
+class Sizes:
+    """A tuple of two or more integers >= 1, such as split's sizes=(16, 48)."""
+
+    description: str = "a tuple of two or more integers >= 1"
+
+    def convert(self, value: Any) -> tuple[int, ...]:
+        if not isinstance(value, tuple) or len(value) < 2 \
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ArgError(f"must be {self.description}")
+        if min(value) < 1:
+            raise ArgError(f"must be {self.description}", OUT_OF_RANGE)
+        return value
+
+
+@dataclass(frozen=True)
 class Padding:
     """`valid`, `same` (TensorFlow's rule), an integer, (height, width), or (top, bottom, left, right)."""
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from cnnc.compiler.elaborate import Elaborator
+from cnnc.compiler.elaborate import SPLIT, Elaborator
 from cnnc.compiler.ir import Graph, Program
 from cnnc.compiler.loader import load
 from cnnc.compiler.ops import DEFAULT_WEIGHT_INIT, OPS
@@ -89,7 +89,7 @@ def _blocks(files: list[st.SourceFile], sink: DiagnosticSink) -> dict[str, st.Bl
     blocks: dict[str, st.Block] = {}
     for file in files:
         for block in file.blocks:
-            if block.name in OPS:
+            if block.name in OPS or block.name == SPLIT:
                 sink.add(error(DUPLICATE_NAME, f"block '{block.name}' has the name of a built-in layer",
                                block.name_span, "choose another name"))
             elif block.name in blocks:

@@ -1,31 +1,49 @@
-"""Syntax tree -> checked IR: resolves constants, blocks, repeats and names; infers every shape.
+"""Syntax tree -> checked IR: resolves constants, blocks, loops, conditionals and names; infers every shape.
 
 Errors do not stop the walk: a layer whose shape cannot be known is marked unknown, its dependents
 are skipped quietly, and the rest of the file is still checked, so one run reports every error.
+An error inside a block is reported once, however many times the block is used.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cnnc.compiler import passes
-from cnnc.compiler.arguments import REQUIRED, ArgError, ArgSpec, Option, bind
+from cnnc.compiler.arguments import REQUIRED, ArgError, ArgSpec, Int, Option, Sizes, bind
 from cnnc.compiler.ir import Attrs, Graph, Node
 from cnnc.compiler.ops import INITIALIZER, INPUT_ARGS, OPS, Field, OpDef, ShapeError, TensorInfo, default_bias_init
 from cnnc.compiler.ops.core import window_field
-from cnnc.compiler.values import EvaluationError, Located, evaluate
+from cnnc.compiler.values import (
+    HELPERS,
+    SHAPE_QUERIES,
+    CallValue,
+    EvaluationError,
+    Located,
+    Symbol,
+    UnknownShape,
+    describe,
+    evaluate,
+    format_value,
+)
 from cnnc.dsl import syntax_tree as st
 from cnnc.dsl.codes import (
+    BAD_CONDITION,
     BAD_INPUT,
+    BAD_LOOP,
     BAD_REPEAT,
     DUPLICATE_NAME,
     MISSING_ARGUMENT,
     MODEL_TOO_LARGE,
+    NOT_A_LAYER,
+    OUT_OF_RANGE,
     RECURSIVE_BLOCK,
     RESERVED_NAME,
+    RESULT_COUNT,
     UNDEFINED_NAME,
     UNKNOWN_LAYER,
     UNREAD_INPUT,
@@ -38,6 +56,13 @@ from cnnc.dsl.diagnostics import Diagnostic, DiagnosticSink, Span, error, warnin
 RESERVED_NAMES = frozenset({"training"})
 MAX_REPEAT = 1024
 BLOCK_INPUT = "in"
+SPLIT = "split"
+CHANNEL_SLICE = "channel_slice"
+SPLIT_ARGS = (
+    ArgSpec("parts", Int(minimum=1), None, positional=True, doc="the number of equal parts"),
+    ArgSpec("sizes", Sizes(), None, doc="the channels of each part"),
+)
+MAX_LISTED_USES = 8  # instances named in the note of an error that several block instances share
 
 
 @dataclass(frozen=True)
@@ -56,18 +81,51 @@ class Tensor:
         return TensorInfo(self.origin, self.shape, self.origin_line, self.formulas)
 
 
+Result = Tensor | tuple[Tensor, ...]  # a layer's output; a block with `output a, b` or split give several
+
+
 @dataclass
 class Scope:
+    """The names of one model or block body. Loop passes and if branches share it (see _pass)."""
+
     prefix: str
     constants: dict[str, Located]
     tensors: dict[str, Tensor] = field(default_factory=dict)
     current: Tensor | None = None
-    output: Tensor | None = None
+    output: Result | None = None
     counters: dict[str, int] = field(default_factory=dict)
     reserved: set[str] = field(default_factory=set)
     blocks_open: tuple[str, ...] = ()
     context: tuple[str, ...] = ()     # notes added to each diagnostic, e.g. which block instance
-    suffix: str = ""                  # repeat iteration, for names assigned inside a repeat
+    suffix: str = ""                  # loop pass, for names assigned inside a repeat or for
+    pass_names: set[str] | None = None  # names assigned in this loop pass; None outside loops
+    use: str = ""                     # this block instance and the model line that made it, for notes
+    use_line: int = 0
+
+
+@dataclass
+class _SharedError:
+    """An error inside a block, reported once: where it sits in the sink, and the instances that hit it."""
+
+    index: int
+    first: Diagnostic
+    uses: list[str]
+
+
+class _ShapeView(Mapping):
+    """Tensor name -> shape, read by channels(x), height(x) and width(x), without copying the scope."""
+
+    def __init__(self, tensors: Mapping[str, Tensor]) -> None:
+        self.tensors = tensors
+
+    def __getitem__(self, name: str) -> tuple[int, ...] | None:
+        return self.tensors[name].shape
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors)
 
 
 class Elaborator:
@@ -80,6 +138,7 @@ class Elaborator:
         self.nodes: dict[str, Node | None] = {}
         self.has_input = False
         self.consumers: dict[str, int] = {}
+        self.shared_errors: dict[tuple, _SharedError] = {}
 
     # --- entry ------------------------------------------------------------------------------------
 
@@ -94,7 +153,7 @@ class Elaborator:
             self._error(scope, BAD_INPUT, f"model '{model.name}' has no input",
                         model.name_span, "declare one first, as in `input image(1, 28, 28)`")
             return None
-        output = scope.output or scope.current
+        output = scope.output if isinstance(scope.output, Tensor) else scope.current  # never a tuple: see _output
         if output is None or output.shape is None or sum(d.is_error for d in self.sink.items) > errors_before:
             return None
         if output.node == inputs[0].name:
@@ -135,9 +194,13 @@ class Elaborator:
             elif isinstance(statement, st.InputDecl):
                 self._input(statement, scope)
             elif isinstance(statement, st.OutputDecl):
-                scope.output = self._lookup(statement.name, statement.span, scope)
+                self._output(statement, scope)
             elif isinstance(statement, st.Repeat):
                 self._repeat(statement, scope)
+            elif isinstance(statement, st.For):
+                self._for(statement, scope)
+            elif isinstance(statement, st.If):
+                self._if(statement, scope)
             elif isinstance(statement, st.Chain):
                 self._chain(statement, scope)
 
@@ -148,6 +211,15 @@ class Elaborator:
         located = self._evaluate(const.value, scope)
         if located is not None:
             scope.constants[const.name] = located
+
+    def _output(self, decl: st.OutputDecl, scope: Scope) -> None:
+        found = [self._lookup(name, decl.span, scope) or _unknown(name, decl.span) for name in decl.names]
+        if len(found) > 1 and not scope.blocks_open:
+            self._error(scope, RESULT_COUNT, f"a model has one output, but {len(found)} are named", decl.span,
+                        "only a block may yield several tensors")
+            scope.output = _unknown(decl.names[0], decl.span)
+            return
+        scope.output = found[0] if len(found) == 1 else tuple(found)
 
     def _input(self, decl: st.InputDecl, scope: Scope) -> None:
         if scope.blocks_open:
@@ -172,63 +244,247 @@ class Elaborator:
     def _repeat(self, repeat: st.Repeat, scope: Scope) -> None:
         located = self._evaluate(repeat.count, scope)
         if located is None:
+            self._skip(repeat.body, repeat.span, scope)
             return
         count = located.value
-        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_REPEAT:
-            self._error(scope, BAD_REPEAT, f"repeat needs a count from 1 to {MAX_REPEAT}", repeat.count.span,
-                        f"Received: repeat {count}")
+        if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= MAX_REPEAT:
+            self._error(scope, BAD_REPEAT, f"repeat needs a count from 0 to {MAX_REPEAT}", repeat.count.span,
+                        f"Received: repeat {format_value(count)}")
+            self._skip(repeat.body, repeat.span, scope)
             return
         for index in range(count):
-            inner = Scope(scope.prefix, {**scope.constants}, {**scope.tensors}, scope.current, None, scope.counters,
-                          scope.reserved, scope.blocks_open, scope.context, f"{scope.suffix}_{index + 1}")
-            if repeat.index:
-                inner.constants[repeat.index] = Located(index, repeat.span)
-            self._body(repeat.body, inner)
-            scope.current = inner.current
+            bindings = {repeat.index: Located(index, repeat.span)} if repeat.index else {}
+            self._pass(repeat.body, index, bindings, scope)
+
+    def _for(self, loop: st.For, scope: Scope) -> None:
+        located = self._evaluate(loop.iterable, scope)
+        rows = self._rows(loop, located, scope) if located is not None else None
+        if rows is None:
+            self._skip(loop.body, loop.span, scope)
+            return
+        for index, row in enumerate(rows):
+            values = (row,) if len(loop.names) == 1 else row
+            bindings = {name: Located(value, loop.iterable.span) for name, value in zip(loop.names, values)}
+            self._pass(loop.body, index, bindings, scope)
+
+    def _rows(self, loop: st.For, located: Located, scope: Scope) -> tuple | None:
+        """The items a for loop walks, each checked to unpack into the loop's names."""
+        duplicates = sorted({n for n in loop.names if loop.names.count(n) > 1})
+        if duplicates:
+            self._error(scope, DUPLICATE_NAME, f"the loop names '{duplicates[0]}' twice", loop.span)
+            return None
+        rows = located.value
+        if not isinstance(rows, tuple):
+            self._error(scope, BAD_LOOP, f"for needs a list or tuple to walk, but this is {describe(rows)}",
+                        located.span, "write a list, as in `for c in [16, 32, 64]`, or use repeat N")
+            return None
+        if len(loop.names) == 1:
+            return rows
+        for index, row in enumerate(rows):
+            if not isinstance(row, tuple) or len(row) != len(loop.names):
+                size = f"{len(row)} values" if isinstance(row, tuple) else "a single value"
+                self._error(scope, BAD_LOOP, f"item {index} of the list is {format_value(row)}, {size}, but the loop "
+                                             f"unpacks {len(loop.names)}: {', '.join(loop.names)}", located.span,
+                            "every item needs one value for each name")
+                return None
+        return rows
+
+    def _pass(self, body: tuple[st.Statement, ...], index: int, bindings: Mapping[str, Located], scope: Scope) -> None:
+        """One pass of a loop body. It shares the tensors of the enclosing body, so a name assigned in
+        one pass is visible in the next and after the loop; its constants and loop variables are its own.
+        """
+        saved = scope.constants, scope.suffix, scope.pass_names
+        scope.constants = {**scope.constants, **bindings}
+        scope.suffix = f"{scope.suffix}_{index + 1}"
+        scope.pass_names = set()
+        self._body(body, scope)
+        scope.constants, scope.suffix, scope.pass_names = saved
+
+    def _if(self, statement: st.If, scope: Scope) -> None:
+        located = self._evaluate(statement.condition, scope)
+        if located is not None and not isinstance(located.value, bool):
+            self._error(scope, BAD_CONDITION, f"if needs true or false, but this is {describe(located.value)}",
+                        located.span, "compare it to get one, as in `stride == 1`")
+            located = None
+        if located is None:
+            self._skip((*statement.then, *statement.otherwise), statement.span, scope)
+            return
+        self._body(statement.then if located.value else statement.otherwise, scope)
+
+    def _skip(self, body: tuple[st.Statement, ...], span: Span, scope: Scope) -> None:
+        """A body not elaborated because of an error: its names exist, with unknown shapes, so that
+        later uses stay silent."""
+        for name in _assigned_names(body):
+            if name not in scope.tensors:
+                scope.tensors[name] = _unknown(name, span)
+        scope.current = _unknown("", span)
 
     def _chain(self, chain: st.Chain, scope: Scope) -> None:
-        running = scope.current
+        running: Result | None = scope.current
         for position, call in enumerate(chain.layers):
             last = position == len(chain.layers) - 1
-            target = chain.target if last else None
+            targets = chain.targets if last else ()
+            if isinstance(running, tuple):
+                self._several_results(chain.layers[position - 1], len(running), call.span, scope)
+                self._fail(chain, scope)
+                return
             if not call.args and call.name in scope.tensors:
                 if position > 0:
                     self._error(scope, UNKNOWN_LAYER, f"'{call.name}' is a tensor, not a layer", call.span,
                                 "a tensor name can only start a chain, as in `x -> relu`")
+                    self._fail(chain, scope)
                     return
                 running = scope.tensors[call.name]
-                if target:
-                    self._bind_name(target, running, chain.span, scope)
                 continue
-            running = self._layer(call, running, position > 0, target, scope)
+            running = self._layer(call, running, position > 0, targets, scope)
             if running is None:
+                self._fail(chain, scope)
                 return
-        scope.current = running
+        if running is None or not self._assign(chain, running, scope):
+            self._fail(chain, scope)
+            return
+        if isinstance(running, Tensor):
+            scope.current = running
 
-    def _layer(self, call: st.Call, running: Tensor | None, chained: bool, target: str | None,
-               scope: Scope) -> Tensor | None:
+    def _assign(self, chain: st.Chain, result: Result, scope: Scope) -> bool:
+        """Bind the chain's names to its result; False (after an error) when they do not match."""
+        last = chain.layers[-1]
+        results = result if isinstance(result, tuple) else (result,)
+        if len(chain.targets) != len(results) and (chain.targets or len(results) > 1):
+            if len(results) > 1:
+                self._several_results(last, len(results), last.span, scope, chain.targets)
+            else:
+                self._error(scope, RESULT_COUNT, f"'{last.name}' gives one tensor, but {len(chain.targets)} names "
+                                                 "are assigned", chain.span)
+            return False
+        for target, tensor in zip(chain.targets, results):
+            if not self._may_assign(target, chain.span, scope):  # an op named after it passed this check already
+                return False
+            scope.tensors[target] = tensor
+            if scope.pass_names is not None:
+                scope.pass_names.add(target)
+        return True
+
+    def _several_results(self, call: st.Call, count: int, span: Span, scope: Scope,
+                         targets: tuple[str, ...] = ()) -> None:
+        names = ", ".join(f"t{i}" for i in range(1, count + 1))
+        given = {0: "no names are assigned", 1: "1 name is assigned"}.get(len(targets),
+                                                                          f"{len(targets)} names are assigned")
+        self._error(scope, RESULT_COUNT, f"'{call.name}' gives {count} tensors, but {given}", span,
+                    f"assign one name to each, as in `{names} = {call.name}(...)`, then chain from them")
+
+    def _fail(self, chain: st.Chain, scope: Scope) -> None:
+        """A chain that failed: its names and the running tensor become unknown, so later uses are silent."""
+        for target in chain.targets:
+            if target not in scope.tensors or scope.pass_names is not None and target not in scope.pass_names:
+                scope.tensors[target] = _unknown(target, chain.span)
+        scope.current = _unknown("", chain.span)
+
+    def _layer(self, call: st.Call, running: Tensor | None, chained: bool, targets: tuple[str, ...],
+               scope: Scope) -> Result | None:
+        if call.name in scope.constants:
+            substituted = self._layer_parameter(call, scope)
+            if substituted is None:
+                return None
+            call = substituted
+        target = targets[0] if len(targets) == 1 else None
+        if call.name == SPLIT:
+            return self._split(call, running, targets, scope)
         if call.name in OPS:
             op = OPS[call.name]
+            if len(targets) > 1:
+                self._error(scope, RESULT_COUNT, f"'{call.name}' gives one tensor, but {len(targets)} names are "
+                                                 "assigned", call.span)
+                return None
             name = self._node_name(target, call.name, call.span, scope)
             if name is None:
                 return None
             inputs = self._merge_inputs(call, running, chained, scope) if op.is_merge else [running]
             if inputs is None:
                 return None
-            if any(i is None for i in inputs):
+            present = [tensor for tensor in inputs if tensor is not None]
+            if len(present) < len(inputs):
                 if not self.has_input:
                     return None  # the model-level "has no input" error covers it
                 self._error(scope, BAD_INPUT, f"{call.name} has no input: nothing comes before it", call.span,
                             "declare the model's input first, as in `input image(1, 28, 28)`")
                 return None
-            tensor = self._apply(op, call, inputs, name, scope)
-            if target:
-                scope.tensors[target] = tensor
-            return tensor
+            return self._apply(op, call, present, name, scope)
         if call.name in self.blocks:
             return self._instantiate(self.blocks[call.name], call, running, target, scope)
         self._unknown_layer(call, scope)
         return None
+
+    def _layer_parameter(self, call: st.Call, scope: Scope) -> st.Call | None:
+        """A constant or block parameter used as a layer (`act` with act=relu or leaky_relu(0.2)): the
+        call of the layer it holds, its arguments first, then those written here."""
+        held = scope.constants[call.name]
+        value = held.value
+        layer = value.name if isinstance(value, Symbol | CallValue) else None
+        if layer is not None and layer not in OPS and layer not in self.blocks and layer != SPLIT:
+            self._unknown_layer(replace(call, name=layer, name_span=held.span), scope,
+                                f"passed as '{call.name}', which line {call.span.line} uses as a layer")
+            return None
+        if isinstance(value, Symbol):
+            return st.Call(value.name, call.args, call.span, call.name_span)
+        if isinstance(value, CallValue):
+            given = tuple(st.Arg(None, st.Given(a.value, a.span), a.span) for a in value.args)
+            given += tuple(st.Arg(keyword, st.Given(a.value, a.span), a.span) for keyword, a in value.kwargs)
+            return st.Call(value.name, given + call.args, call.span, call.name_span)
+        self._error(scope, NOT_A_LAYER, f"'{call.name}' is {describe(value)}, not a layer", call.name_span,
+                    "a constant or parameter used as a layer must hold one, as in act=relu or act=leaky_relu(0.2)")
+        return None
+
+    def _split(self, call: st.Call, running: Tensor | None, targets: tuple[str, ...],
+               scope: Scope) -> tuple[Tensor, ...] | None:
+        """`a, b = split(2)` or `split(sizes=(16, 48))`: one channel_slice node per part, named after its target."""
+        bound = self._bind("split", SPLIT_ARGS, call.args, call.span, scope)
+        if bound is None:
+            return None
+        if (bound["parts"] is None) == (bound["sizes"] is None):
+            self._error(scope, MISSING_ARGUMENT, "split needs either a number of equal parts or sizes", call.span,
+                        "as in `a, b = split(2)` or `a, b = split(sizes=(16, 48))`")
+            return None
+        count = bound["parts"] or len(bound["sizes"])
+        if len(targets) != count:
+            self._several_results(call, count, call.span, scope, targets)
+            return None
+        if running is None:
+            self._error(scope, BAD_INPUT, "split has no input: nothing comes before it", call.span)
+            return None
+        if running.shape is None:
+            return None
+        sizes = self._split_sizes(bound, running.shape[0], running, call, scope)
+        if sizes is None:
+            return None
+        results, start = [], 0
+        for target, size in zip(targets, sizes):
+            name = self._node_name(target, CHANNEL_SLICE, call.span, scope)
+            if name is None:
+                return None
+            bounds = (("start", start), ("stop", start + size))
+            args = tuple(st.Arg(keyword, st.Given(value, call.span), call.span) for keyword, value in bounds)
+            results.append(self._apply(OPS[CHANNEL_SLICE], replace(call, name=CHANNEL_SLICE, args=args), [running],
+                                       name, scope))
+            start += size
+        return tuple(results)
+
+    def _split_sizes(self, bound: Mapping[str, Any], channels: int, running: Tensor, call: st.Call,
+                     scope: Scope) -> tuple[int, ...] | None:
+        source = f"the {channels} channels of '{running.origin}' (line {running.origin_line})"
+        if bound["parts"] is not None:
+            parts = bound["parts"]
+            if channels % parts:
+                self._error(scope, OUT_OF_RANGE, f"split: {parts} equal parts must divide {source}", call.span,
+                            f"Received: parts={parts}; give sizes=(...) for unequal parts")
+                return None
+            return (channels // parts,) * parts
+        sizes = bound["sizes"]
+        if sum(sizes) != channels:
+            self._error(scope, OUT_OF_RANGE, f"split: the sizes must add up to {source}", call.span,
+                        f"Received: sizes={format_value(sizes)}, which add up to {sum(sizes)}")
+            return None
+        return sizes
 
     # --- ops --------------------------------------------------------------------------------------
 
@@ -251,7 +507,7 @@ class Elaborator:
         for message, notes in inferred.warnings:
             self.sink.add(warning(UNREAD_INPUT, message, call.span, *notes, *scope.context))
         attrs = {**bound, **inferred.attrs}
-        if "init" in op.arg_names:
+        if "bias_init" in op.arg_names:  # the weighted layers; `scale`'s `init` is a number
             attrs["init"] = attrs["init"] or self.weight_init
             attrs["bias_init"] = attrs["bias_init"] or default_bias_init(attrs["init"])
         input_shapes = tuple(t.shape for t in inputs if t.shape is not None)
@@ -267,7 +523,7 @@ class Elaborator:
         return Tensor(name, inferred.shape, *origin, node.formulas, field_)
 
     def _merge_inputs(self, call: st.Call, running: Tensor | None, chained: bool,
-                      scope: Scope) -> list[Tensor] | None:
+                      scope: Scope) -> list[Tensor | None] | None:
         explicit: list[Tensor] = []
         for arg in call.args:
             if arg.keyword is not None or not isinstance(arg.value, st.Name):
@@ -277,7 +533,7 @@ class Elaborator:
             if tensor is None:
                 return None
             explicit.append(tensor)
-        inputs = [running, *explicit] if chained or len(explicit) == 1 else explicit
+        inputs: list[Tensor | None] = [running, *explicit] if chained or len(explicit) == 1 else list(explicit)
         if len(inputs) < 2:
             self._error(scope, MISSING_ARGUMENT, f"{call.name} needs at least two inputs", call.span,
                         f"name them, as in {call.name}(a, b), or chain one in: a -> {call.name}(b)")
@@ -287,7 +543,7 @@ class Elaborator:
     # --- blocks -----------------------------------------------------------------------------------
 
     def _instantiate(self, block: st.Block, call: st.Call, running: Tensor | None, target: str | None,
-                     scope: Scope) -> Tensor | None:
+                     scope: Scope) -> Result | None:
         if block.name in scope.blocks_open:
             cycle = " -> ".join((*scope.blocks_open[scope.blocks_open.index(block.name):], block.name))
             self._error(scope, RECURSIVE_BLOCK, f"block '{block.name}' calls itself: {cycle}", call.span,
@@ -306,23 +562,25 @@ class Elaborator:
         bound = self._bind(f"block '{block.name}'", specs, call.args, call.span, scope, evaluate_defaults=True)
         if bound is None:
             return None
-        constants = {**self.constants, **{k: v if isinstance(v, Located) else Located(v, call.span)
+        # Each argument keeps the span it was written at, so that errors about it point there.
+        positional = [a for a in call.args if a.keyword is None]
+        spans = {p.name: a.value.span for p, a in zip(block.params, positional)}
+        spans.update({a.keyword: a.value.span for a in call.args if a.keyword is not None})
+        constants = {**self.constants, **{k: v if isinstance(v, Located) else Located(v, spans.get(k, call.span))
                                            for k, v in bound.items()}}
         note = f"in block '{block.name}', instantiated as '{name}' on line {call.span.line}"
+        line = scope.use_line or call.span.line
         inner = Scope(f"{name}.", constants, {BLOCK_INPUT: running}, running, None, {}, _assigned_names(block.body),
-                      (*scope.blocks_open, block.name), (*scope.context, note))
+                      (*scope.blocks_open, block.name), (*scope.context, note), use=f"'{name}' (line {line})",
+                      use_line=line)
         self._body(block.body, inner)
-        result = inner.output or inner.current
-        if result is not None and target:
-            scope.tensors[target] = result
-        return result
+        return inner.output or inner.current
 
     # --- names ------------------------------------------------------------------------------------
 
     def _node_name(self, target: str | None, base: str, span: Span, scope: Scope) -> str | None:
         if target is not None:
-            if target in OPS or target == BLOCK_INPUT:
-                self._error(scope, DUPLICATE_NAME, f"'{target}' cannot name a tensor: it is a layer name", span)
+            if not self._may_assign(target, span, scope):
                 return None
             if target in RESERVED_NAMES or target.startswith("_"):
                 self._error(scope, RESERVED_NAME, f"'{target}' cannot name a layer: PyTorch modules set an attribute "
@@ -330,8 +588,9 @@ class Elaborator:
                             "reserved; choose another name")
                 return None
             name = f"{scope.prefix}{target}{scope.suffix}"
-            if name in self.nodes or target in scope.tensors:
-                line = self.nodes[name].span.line if self.nodes.get(name) else None
+            if name in self.nodes:
+                existing = self.nodes[name]
+                line = existing.span.line if existing else None
                 where = f" (first defined on line {line})" if line else ""
                 self._error(scope, DUPLICATE_NAME, f"'{target}' is already defined{where}", span,
                             "each tensor name is assigned once")
@@ -345,11 +604,24 @@ class Elaborator:
                 scope.counters[base] = count
                 return name
 
-    def _bind_name(self, target: str, tensor: Tensor, span: Span, scope: Scope) -> None:
-        if target in scope.tensors:
-            self._error(scope, DUPLICATE_NAME, f"'{target}' is already defined", span)
-        else:
-            scope.tensors[target] = tensor
+    def _may_assign(self, target: str, span: Span, scope: Scope) -> bool:
+        """Whether `target` may name a tensor here: once per body, or once per pass of a loop body."""
+        if target in OPS or target == BLOCK_INPUT:
+            self._error(scope, DUPLICATE_NAME, f"'{target}' cannot name a tensor: it is a layer name", span)
+            return False
+        if target not in scope.tensors:
+            return True
+        if scope.pass_names is None:
+            node = self.nodes.get(scope.tensors[target].node)
+            where = f" (first defined on line {node.span.line})" if node else ""
+            self._error(scope, DUPLICATE_NAME, f"'{target}' is already defined{where}", span,
+                        "each tensor name is assigned once")
+            return False
+        if target in scope.pass_names:
+            self._error(scope, DUPLICATE_NAME, f"'{target}' is already assigned in this pass of the loop", span,
+                        "a loop body may assign a name again in each pass, but once per pass")
+            return False
+        return True
 
     def _lookup(self, name: str, span: Span, scope: Scope) -> Tensor | None:
         if name in scope.tensors:
@@ -361,22 +633,27 @@ class Elaborator:
         self._error(scope, UNDEFINED_NAME, f"'{name}' is not defined", span, *notes)
         return None
 
-    def _unknown_layer(self, call: st.Call, scope: Scope) -> None:
-        choices = [*OPS, *self.blocks, *scope.tensors]
+    def _unknown_layer(self, call: st.Call, scope: Scope, *context: str) -> None:
+        layers = [*OPS, SPLIT]
+        choices = [*layers, *self.blocks, *scope.tensors]
         notes = [f"did you mean '{m}'?" for m in difflib.get_close_matches(call.name, choices, n=1, cutoff=0.6)]
-        if not call.args and not notes:
+        if call.name in HELPERS or call.name in SHAPE_QUERIES:
+            notes.append(f"{call.name}() computes a number: name it with `const value = {call.name}(...)`")
+        elif not call.args and not notes and not context:
             notes.append("if it is a tensor, define it first with `name = ...`")
-        notes.append("layers: " + ", ".join(OPS))
-        self._error(scope, UNKNOWN_LAYER, f"unknown layer '{call.name}'", call.name_span, *notes)
+        notes.append("layers: " + ", ".join(layers))
+        self._error(scope, UNKNOWN_LAYER, f"unknown layer '{call.name}'", call.name_span, *context, *notes)
 
     # --- values -----------------------------------------------------------------------------------
 
     def _evaluate(self, expr: st.Expr, scope: Scope) -> Located | None:
         try:
-            return evaluate(expr, scope.constants)
+            return evaluate(expr, scope.constants, _ShapeView(scope.tensors))
         except EvaluationError as failure:
             self._add(failure.diagnostic, scope)
             return None
+        except UnknownShape:
+            return None  # the error that left the tensor without a shape is reported already
 
     def _convert(self, kind: Any, located: Located, what: str, scope: Scope) -> Any:
         try:
@@ -417,7 +694,24 @@ class Elaborator:
         self._add(error(code, message, span, *notes), scope)
 
     def _add(self, diagnostic: Diagnostic, scope: Scope) -> None:
-        self.sink.add(replace(diagnostic, notes=(*diagnostic.notes, *scope.context)))
+        located = replace(diagnostic, notes=(*diagnostic.notes, *scope.context))
+        if not scope.blocks_open:
+            self.sink.add(located)
+            return
+        # The same error in another instance of a block: one diagnostic, its instances listed in a note.
+        key = (diagnostic.severity, diagnostic.code, diagnostic.span,
+               *(_without_prefix(text, scope.prefix) for text in (diagnostic.message, *diagnostic.notes)))
+        shared = self.shared_errors.get(key)
+        if shared is None:
+            self.shared_errors[key] = _SharedError(len(self.sink.items), located, [scope.use])
+            self.sink.add(located)
+            return
+        shared.uses.append(scope.use)
+        others = shared.uses[1:]
+        listed = ", ".join(others[:MAX_LISTED_USES]) + (
+            f", and {len(others) - MAX_LISTED_USES} more" if len(others) > MAX_LISTED_USES else "")
+        note = f"the same error in {len(others)} more instance{'' if len(others) == 1 else 's'}: {listed}"
+        self.sink.items[shared.index] = replace(shared.first, notes=(*shared.first.notes, note))
 
     def _warn_unused(self, graph: Graph) -> None:
         needed = passes.live_nodes(graph)
@@ -445,11 +739,23 @@ class _AnyValue:
 def _assigned_names(body: Iterable[st.Statement]) -> set[str]:
     names: set[str] = set()
     for statement in body:
-        if isinstance(statement, st.Chain) and statement.target:
-            names.add(statement.target)
-        elif isinstance(statement, st.Repeat):
+        if isinstance(statement, st.Chain):
+            names.update(statement.targets)
+        elif isinstance(statement, st.Repeat | st.For):
             names |= _assigned_names(statement.body)
+        elif isinstance(statement, st.If):
+            names |= _assigned_names((*statement.then, *statement.otherwise))
     return names
+
+
+def _unknown(name: str, span: Span) -> Tensor:
+    """A tensor whose shape an error made unknown: whatever uses it is skipped without a new error."""
+    return Tensor(name, None, name, span.line, None, Field.pixel())
+
+
+def _without_prefix(text: str, prefix: str) -> str:
+    """A message with one block instance's node prefix removed, to compare it with another instance's."""
+    return re.sub(f"'{re.escape(prefix)}", "'", text)
 
 
 def _dead_upstream(node: Node, graph: Graph, needed: frozenset[str]) -> list[str]:

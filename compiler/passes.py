@@ -5,7 +5,7 @@ and training: which layers are live, where a final softmax is, and what a graph 
 same thing from it:
     None             the graph as the spec wrote it
     "logits"         a final softmax (a `softmax` layer, or `activation=softmax` on the last layer,
-                     possibly followed by dropout, identity or flatten) is removed: a softmax layer
+                     possibly followed by dropout, drop_path, identity or flatten) is removed: a softmax layer
                      becomes `identity`, a fused one loses its activation; layer names are kept
     "probabilities"  a `softmax` layer named `probabilities` is appended unless the graph already
                      ends with a softmax
@@ -23,7 +23,7 @@ from cnnc.compiler.ops import OPS, TensorInfo
 OUTPUT_CHOICES = ("logits", "probabilities")
 PROBABILITIES_NODE = "probabilities"
 # Layers that a softmax may be followed by and still be "final": they leave the values unchanged.
-_TRANSPARENT = ("dropout", "identity", "flatten")
+_TRANSPARENT = ("dropout", "drop_path", "identity", "flatten")
 
 
 def final_softmax(graph: Graph) -> Node | None:

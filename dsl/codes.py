@@ -53,6 +53,13 @@ BAD_INPUT = _code("E026", "input", "input problems: none, two, one inside a bloc
 BAD_REPEAT = _code("E027", "repeat", "a repeat count out of range")
 RESERVED_NAME = _code("E028", "reserved-name", "a layer name a backend reserves (`training`, names starting with `_`)")
 TRAIN_ERROR = _code("E030", "train", "train section problems")
+BAD_CONDITION = _code("E040", "condition", "a condition, comparison, `and`/`or`/`not` or conditional value of the "
+                                           "wrong type")
+BAD_INDEX = _code("E041", "index", "indexing what is not a list, with what is not an integer, or out of range")
+BAD_LOOP = _code("E042", "loop", "a for loop over what is not a list, or an item that does not unpack into its names")
+RESULT_COUNT = _code("E043", "result-count", "names assigned that do not match the tensors a layer, block or split "
+                                             "gives; several outputs for a model")
+NOT_A_LAYER = _code("E044", "not-a-layer", "a constant or parameter used as a layer that holds no layer")
 UNUSED_OUTPUT = _code("W001", "unused", "a layer whose output is never used")
 UNREAD_INPUT = _code("W002", "unread-input", "padding that leaves input rows or columns unread")
 DOUBLE_SOFTMAX = _code("W003", "double-softmax", "softmax followed by a loss that applies softmax again")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache, lru_cache
 from importlib import resources
+from typing import Any
 
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
@@ -34,6 +37,14 @@ LABELLED_EXAMPLES = {
         "model m { conv(3) 32 }",
     ],
 }
+
+
+# Labels that say all there is to say: the parser's list of expected tokens would only confuse.
+CHAINED_COMPARISON = "comparisons cannot be chained: write `a < b and b < c`"
+BARE_CONDITIONAL = "a conditional value needs parentheses here: `(a if condition else b)`"
+STRAY_ELSE = "'else' must follow the '}' of an if"
+ARROW_IN_VALUE = "'->' chains layers in a statement, not inside an argument: name the chain first, `y = x -> relu`"
+COMPLETE_LABELS = {CHAINED_COMPARISON, BARE_CONDITIONAL, STRAY_ELSE, ARROW_IN_VALUE}
 
 
 @lru_cache(maxsize=1)
@@ -67,6 +78,13 @@ def too_deep(path: str) -> Diagnostic:
                  "split long arithmetic with constants: `const A = ...`")
 
 
+@dataclass(frozen=True)
+class _ElsePart:
+    """The statements after `else`, until the enclosing If takes them."""
+
+    body: tuple[st.Statement, ...]
+
+
 class _NumberTooLarge(Exception):
     def __init__(self, diagnostic: Diagnostic) -> None:
         super().__init__(diagnostic.message)
@@ -78,8 +96,8 @@ def _syntax_diagnostic(failure: UnexpectedInput, text: str, path: str) -> Diagno
     span = Span.point(path, line, column)
     found = _describe_found(failure)
     label = _label(failure, text)
-    expected = _describe_expected(failure)
-    notes = [f"expected {expected}"] if expected else []
+    expected = _describe_expected(failure, text)
+    notes = [f"expected {expected}"] if expected and label not in COMPLETE_LABELS else []
     hint = _hint(failure)
     if hint:
         notes.append(hint)
@@ -104,6 +122,7 @@ def _describe_found(failure: UnexpectedInput) -> str:
         return f"character {failure.char!r}"
     if _at_end(failure):
         return "end of file"
+    assert isinstance(failure, UnexpectedToken)  # lark's third kind, after characters and the end
     token = failure.token
     kind = {"NAME": "name", "NUMBER": "number", "STRING": "string"}.get(token.type)
     return f"{kind} '{token}'" if kind else f"'{token}'"
@@ -117,15 +136,26 @@ def _label(failure: UnexpectedInput, text: str) -> str | None:
     """Name the mistake from what precedes the error, else from lark's labelled examples."""
     if _at_end(failure):
         closes_block = "RBRACE" in getattr(failure, "expected", ())
-        return "the file ended before a '}' closed it" if closes_block else "the file ended in the middle of a statement"
+        if closes_block:
+            return "the file ended before a '}' closed it"
+        return "the file ended in the middle of a statement"
     offset = failure.token.start_pos if isinstance(failure, UnexpectedToken) else failure.pos_in_stream
     before = _strip_comments(text[:offset]).rstrip()
     expected = set(getattr(failure, "expected", None) or getattr(failure, "allowed", None) or ())
+    token = getattr(failure, "token", None)
     if before.endswith("->"):
         return "'->' must be followed by a layer"
+    if isinstance(token, Token) and token.type == "COMPARE" and token == ">" and before.endswith("-"):
+        return ARROW_IN_VALUE
+    if isinstance(token, Token) and token.type == "COMPARE":
+        return CHAINED_COMPARISON
+    if isinstance(token, Token) and token.type == "IF" and "IF" not in expected:
+        return BARE_CONDITIONAL
+    if token == "{" and before.split()[-1:] == ["else"]:
+        return STRAY_ELSE
     if before.endswith("=") and not before.endswith("=="):
         return "'=' must be followed by a value"
-    unclosed = _unclosed_paren(before)
+    unclosed = _unclosed(before, "(", ")")
     if unclosed and "RPAR" in expected:
         line, column = unclosed
         token_line = failure.line
@@ -146,20 +176,27 @@ def _strip_comments(text: str) -> str:
     return "\n".join(line.split("#", 1)[0] for line in text.split("\n"))
 
 
-def _unclosed_paren(text: str) -> tuple[int, int] | None:
-    """The line and column of the innermost '(' that `text` leaves open, if any."""
+def _unclosed(text: str, opening: str, closing: str) -> tuple[int, int] | None:
+    """The line and column of the innermost `opening` bracket that `text` leaves open, if any."""
     open_at: list[tuple[int, int]] = []
     for line_number, line in enumerate(text.split("\n"), start=1):
         for column, char in enumerate(line, start=1):
-            if char == "(":
+            if char == opening:
                 open_at.append((line_number, column))
-            elif char == ")" and open_at:
+            elif char == closing and open_at:
                 open_at.pop()
     return open_at[-1] if open_at else None
 
 
-def _describe_expected(failure: UnexpectedInput) -> str:
-    expected = getattr(failure, "expected", None) or getattr(failure, "allowed", None) or set()
+def _describe_expected(failure: UnexpectedInput, text: str) -> str:
+    expected = set(getattr(failure, "expected", None) or getattr(failure, "allowed", None) or ())
+    # LALR states are shared between brackets: only mention a ']' that would close something, and
+    # not the optional `if`, `and`, `or` that could extend a complete argument.
+    offset = failure.token.start_pos if isinstance(failure, UnexpectedToken) else failure.pos_in_stream
+    if offset is not None and not _unclosed(_strip_comments(text[:offset]), "[", "]"):
+        expected.discard("RSQB")
+    if expected & {"RPAR", "RSQB", "COMMA"}:
+        expected -= {"IF", "AND", "OR"}
     words = sorted({_token_word(name) for name in expected if not name.startswith("__IGNORE")})
     operators = [w for w in words if w.strip("'") in {"+", "-", "*", "/", "//", "%", "**"}]
     if len(operators) > 2:
@@ -193,6 +230,15 @@ def _hint(failure: UnexpectedInput) -> str | None:
 def _span(path: str, meta_or_token) -> Span:
     return Span(path, meta_or_token.line, meta_or_token.column, meta_or_token.end_line, meta_or_token.end_column)
 
+
+
+def _binary(op: str) -> Callable[[Any, Any, list[Any]], st.BinaryOp]:
+    """The transformer rule of a binary operator."""
+    def build(self: Any, meta: Any, children: list[Any]) -> st.BinaryOp:
+        left, right = children
+        return st.BinaryOp(op, left, right, self._s(meta))
+
+    return build
 
 @v_args(meta=True)
 class _ToSyntaxTree(Transformer):
@@ -241,12 +287,29 @@ class _ToSyntaxTree(Transformer):
     def tuple(self, meta, children):
         return st.TupleValue(tuple(c for c in children if c is not None), self._s(meta))
 
-    def _binary(op):  # noqa: N805 - a factory used in the class body below
-        def build(self, meta, children):
-            left, right = children
-            return st.BinaryOp(op, left, right, self._s(meta))
+    def list(self, meta, children):
+        return st.TupleValue(tuple(c for c in children if c is not None), self._s(meta))
 
-        return build
+    def index(self, meta, children):
+        target, index = children
+        return st.Index(target, index, self._s(meta))
+
+    def compare(self, meta, children):
+        left, op, right = children
+        return st.Compare(str(op), left, right, self._s(meta))
+
+    def and_(self, meta, children):
+        return st.Logic("and", children[0], children[1], self._s(meta))
+
+    def or_(self, meta, children):
+        return st.Logic("or", children[0], children[1], self._s(meta))
+
+    def not_(self, meta, children):
+        return st.Not(children[0], self._s(meta))
+
+    def conditional(self, meta, children):
+        then, condition, otherwise = children
+        return st.Conditional(then, condition, otherwise, self._s(meta))
 
     add, sub, mul, div = _binary("+"), _binary("-"), _binary("*"), _binary("/")
     floordiv, mod, pow = _binary("//"), _binary("%"), _binary("**")
@@ -272,9 +335,12 @@ class _ToSyntaxTree(Transformer):
     def call_layer(self, meta, children):
         return self.call(meta, children)
 
+    def targets(self, meta, children):
+        return tuple(str(name) for name in children)
+
     def chain_stmt(self, meta, children):
-        target, *layers = children
-        return st.Chain(str(target) if target is not None else None, tuple(layers), self._s(meta))
+        targets, *layers = children
+        return st.Chain(targets or (), tuple(layers), self._s(meta))
 
     def const(self, meta, children):
         name, value = children
@@ -285,7 +351,7 @@ class _ToSyntaxTree(Transformer):
         return st.InputDecl(str(name), tuple(args), self._s(meta))
 
     def output_decl(self, meta, children):
-        return st.OutputDecl(str(children[0]), self._s(meta))
+        return st.OutputDecl(tuple(str(name) for name in children), self._s(meta))
 
     def init_decl(self, meta, children):
         return st.InitDecl(children[0], self._s(meta))
@@ -293,6 +359,21 @@ class _ToSyntaxTree(Transformer):
     def repeat(self, meta, children):
         count, index, *body = children
         return st.Repeat(count, str(index) if index is not None else None, tuple(body), self._s(meta))
+
+    def for_stmt(self, meta, children):
+        names = tuple(str(c) for c in children if isinstance(c, Token))
+        iterable, *body = [c for c in children if not isinstance(c, Token)]
+        return st.For(names, iterable, tuple(body), self._s(meta))
+
+    def if_stmt(self, meta, children):
+        condition, *then, otherwise = children  # the optional else part is always last (None if absent)
+        return st.If(condition, tuple(then), otherwise.body if otherwise else (), self._s(meta))
+
+    def else_if(self, meta, children):
+        return _ElsePart(tuple(children))
+
+    def else_body(self, meta, children):
+        return _ElsePart(tuple(children))
 
     # top level
     def param(self, meta, children):

@@ -7,6 +7,7 @@ unevaluated, and a layer is any call. The compiler turns it into the typed IR.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from cnnc.dsl.diagnostics import Span
 
@@ -53,8 +54,62 @@ class Negate:
 
 
 @dataclass(frozen=True)
+class Compare:
+    op: str  # one of == != < <= > >=
+    left: Expr
+    right: Expr
+    span: Span
+
+
+@dataclass(frozen=True)
+class Logic:
+    """`left and right` or `left or right`; the right side is evaluated only when needed."""
+
+    op: str  # "and" or "or"
+    left: Expr
+    right: Expr
+    span: Span
+
+
+@dataclass(frozen=True)
+class Not:
+    operand: Expr
+    span: Span
+
+
+@dataclass(frozen=True)
+class Conditional:
+    """`then if condition else otherwise`; only the chosen side is evaluated."""
+
+    then: Expr
+    condition: Expr
+    otherwise: Expr
+    span: Span
+
+
+@dataclass(frozen=True)
+class Index:
+    """`target[index]` on a list or tuple."""
+
+    target: Expr
+    index: Expr
+    span: Span
+
+
+@dataclass(frozen=True)
 class TupleValue:
+    """`(a, b)` or `[a, b]`: the language has one sequence type."""
+
     items: tuple[Expr, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Given:
+    """A value evaluated already, where the compiler substitutes one into a call: the arguments a
+    layer parameter holds (`act=leaky_relu(0.2)`), the slices of a split. `span` is where it was written."""
+
+    value: Any
     span: Span
 
 
@@ -77,7 +132,8 @@ class Call:
     name_span: Span
 
 
-Expr = Number | Bool | String | Name | BinaryOp | Negate | TupleValue | Call
+Expr = (Number | Bool | String | Name | BinaryOp | Negate | Compare | Logic | Not | Conditional | Index | TupleValue
+        | Call | Given)
 
 
 # Statements -------------------------------------------------------------------------------------
@@ -98,7 +154,7 @@ class InputDecl:
 
 @dataclass(frozen=True)
 class OutputDecl:
-    name: str
+    names: tuple[str, ...]  # a block may yield several tensors
     span: Span
 
 
@@ -110,11 +166,18 @@ class InitDecl:
 
 @dataclass(frozen=True)
 class Chain:
-    """`[target =] layer -> layer -> ...`; a bare layer may also be a tensor reference."""
+    """`[targets =] layer -> layer -> ...`; a bare layer may also be a tensor reference.
 
-    target: str | None
+    Several targets (`a, b = split(2)`) take the several results of the chain's last layer.
+    """
+
+    targets: tuple[str, ...]
     layers: tuple[Call, ...]
     span: Span
+
+    @property
+    def target(self) -> str | None:
+        return self.targets[0] if len(self.targets) == 1 else None
 
 
 @dataclass(frozen=True)
@@ -125,7 +188,27 @@ class Repeat:
     span: Span
 
 
-Statement = Const | InputDecl | OutputDecl | InitDecl | Chain | Repeat
+@dataclass(frozen=True)
+class For:
+    """`for a, b in iterable { body }`: one pass per item, destructured when several names are given."""
+
+    names: tuple[str, ...]
+    iterable: Expr
+    body: tuple[Statement, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class If:
+    """`if condition { then } else { otherwise }`; `else if` nests another If in `otherwise`."""
+
+    condition: Expr
+    then: tuple[Statement, ...]
+    otherwise: tuple[Statement, ...]
+    span: Span
+
+
+Statement = Const | InputDecl | OutputDecl | InitDecl | Chain | Repeat | For | If
 
 
 # Top level --------------------------------------------------------------------------------------

@@ -7,7 +7,9 @@ import re
 
 TOKENS = ["(", ")", "{", "}", ",", "=", "->", "-", "*", "/", "//", "**", "0", "1", "-1", "999999999", "1e308",
           "2.5", "same", "valid", "conv", "dense", "in", "x", "repeat", "block", "model", "input", "include",
-          "\"lib/blocks.cnn\"", "\"missing.cnn\"", "train", "true", ";", "#", "\n", "\x00", "é", "add(x)"]
+          "\"lib/blocks.cnn\"", "\"missing.cnn\"", "train", "true", ";", "#", "\n", "\x00", "é", "add(x)",
+          "if", "else", "for", "[", "]", "==", "<", "and", "not", "a, b =", "output a, b", "channels(in)",
+          "make_divisible(", "range(", "[0]"]
 
 
 def mutate(text: str, rng: random.Random) -> str:

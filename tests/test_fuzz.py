@@ -14,7 +14,7 @@ from fuzzing import mutate
 from cnnc.compiler.check import check_file
 
 ROOT = Path(__file__).resolve().parent.parent
-SPECS = sorted((ROOT / "specs").glob("*.cnn"))
+SPECS = sorted((ROOT / "specs").glob("*.cnn")) + [ROOT / "tests" / "specs" / "language.cnn"]
 CASES_PER_SPEC = 300
 
 

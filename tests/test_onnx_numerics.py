@@ -186,6 +186,10 @@ ACTIVATION_ORACLES = {
     "tanh": np.tanh,
     "softmax": lambda x: np.exp(x) / np.exp(x).sum(axis=1, keepdims=True),
     "identity": lambda x: x,
+    "relu6": lambda x: np.minimum(np.maximum(x, 0), 6),
+    "hardsigmoid": lambda x: np.clip(x / 6 + 0.5, 0, 1),
+    "hardswish": lambda x: x * np.clip(x / 6 + 0.5, 0, 1),
+    "mish": lambda x: x * np.tanh(np.logaddexp(0, x)),
 }
 
 

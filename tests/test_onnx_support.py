@@ -61,14 +61,17 @@ def run_reference(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
 
 @functools.cache
 def _reference_fixes() -> tuple[type, ...]:
-    """Two bugs of onnx 1.23's ReferenceEvaluator that the emitted models meet, fixed with the
+    """Three bugs of onnx 1.23's ReferenceEvaluator that the emitted models meet, fixed with the
     evaluator's own code paths:
+    - ConvTranspose with group > 1 and several filters per group fails to broadcast (its grouped
+      path is wrong): each group is computed by the evaluator's own group-1 path and concatenated.
     - BatchNormalization-9 (opsets 9-13) always normalises with the batch's statistics, because the
       schema fills in momentum=0.9 (onnx/onnx PR #8442, open); a one-output node is inference mode.
     - MaxPool with every stride 1 takes a shortcut that reads 2-D pads as (top, bottom, left, right)
       instead of ONNX's (top, left, bottom, right): asymmetric `same` pads give wrong shapes. The
       general path (`_max_pool`, used for other strides) reads them right."""
     from onnx.reference.op_run import OpRun
+    from onnx.reference.ops.op_conv_transpose import ConvTranspose as ReferenceConvTranspose
     from onnx.reference.ops.op_max_pool import MaxPool as ReferenceMaxPool
 
     class BatchNormalization(OpRun):
@@ -88,7 +91,20 @@ def _reference_fixes() -> tuple[type, ...]:
                                   kernel_shape=kernel_shape, pads=pads, storage_order=storage_order,
                                   strides=strides)
 
-    return BatchNormalization, MaxPool
+    class ConvTranspose(ReferenceConvTranspose):
+        op_domain = ""
+
+        def _run(self, x, w, b=None, group=None, **attributes):
+            if not group or group == 1:
+                return super()._run(x, w, b, group=group, **attributes)
+            per_group = x.shape[1] // group
+            parts = [super(ConvTranspose, self)._run(x[:, g * per_group:(g + 1) * per_group],
+                                                     w[g * per_group:(g + 1) * per_group], None, group=1,
+                                                     **attributes)[0] for g in range(group)]
+            y = np.concatenate(parts, axis=1)
+            return ((y if b is None else y + b.reshape(1, -1, 1, 1)).astype(x.dtype),)
+
+    return BatchNormalization, MaxPool, ConvTranspose
 
 
 def inferred_shapes(model: onnx.ModelProto) -> dict[str, list]:

@@ -274,7 +274,8 @@ def stacks(draw: st.DrawFn) -> tuple[tuple[int, int, int], list[Layer]]:
 @given(stacks(), st.integers(0, 2**31 - 1))
 def test_generated_conv_and_pool_stacks_match_the_loops(stack, seed: int) -> None:
     shape, layers_ = stack
-    text = f"model m {{\n input x({', '.join(map(str, shape))})\n" + "".join(f" {layer.text()}\n" for layer in layers_) + "}\n"
+    body = "".join(f" {layer.text()}\n" for layer in layers_)
+    text = f"model m {{\n input x({', '.join(map(str, shape))})\n{body}}}\n"
     result = check_file("stack.cnn", text=text)
     assume(result.program is not None)  # windows larger than their (padded) input are errors
     graph = result.program.graph

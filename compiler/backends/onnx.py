@@ -31,12 +31,18 @@ from onnx import TensorProto, helper, numpy_helper
 from cnnc import __version__
 from cnnc.compiler.ir import Graph, Node, Program
 from cnnc.compiler.ops import OPS
+from cnnc.compiler.ops.pool import adaptive_bins, uniform_window
 from cnnc.compiler.passes import decompose, fused_activation, live_nodes, output_kind, prune, with_outputs
 from cnnc.constants import DEFAULT_OPSET, MIN_OPSET, PIXEL_SCALE
 from cnnc.errors import CnncError, InternalError
 from cnnc.files import replacing
 
 NATIVE_GELU_OPSET = 20
+RESIZE_AXES_OPSET = 18
+NATIVE_HARDSWISH_OPSET = 14
+NATIVE_LAYERNORM_OPSET = 17
+NATIVE_MISH_OPSET = 18
+NATIVE_GROUPNORM_OPSET = 21  # GroupNormalization-18 scales per group, not per channel as PyTorch
 BATCH_DIM = "N"
 PRODUCER = "cnnc"
 # A protobuf message, so a single-file ONNX model, holds at most 2 GiB; keep room for the graph.
@@ -114,7 +120,7 @@ def layer_probe(
     name (every node but the input) to its graph output's name: a dropout or identity layer maps to
     the tensor of the layer it passes through. The first graph output is the model's own output."""
     check_opset(opset)
-    graph = with_outputs(program.graph, outputs)
+    graph = prune(with_outputs(program.graph, outputs))  # dead layers have no weights to probe with
     weights = _weights(graph, weights, seed)
     lowered = _Lowering(graph, weights, opset).run(expose_layers=True)
     model = _model(graph, lowered, opset)
@@ -339,6 +345,12 @@ class _Lowering:
     def _flatten(self, node: Node, output: str) -> str:
         return self.add("Flatten", [self.input_of(node)], output, name=node.name, axis=1)
 
+    def _channel_slice(self, node: Node, output: str) -> str:
+        starts = self.initializer(f"{node.name}/starts", np.array([node.attrs["start"]], np.int64))
+        ends = self.initializer(f"{node.name}/ends", np.array([node.attrs["stop"]], np.int64))
+        axes = self.initializer("const/axis_channels", np.array([1], np.int64))
+        return self.add("Slice", [self.input_of(node), starts, ends, axes], output, name=node.name)
+
     def _concat(self, node: Node, output: str) -> str:
         return self.add("Concat", [self.input_of(node, i) for i in range(len(node.inputs))], output,
                         name=node.name, axis=1)
@@ -459,6 +471,128 @@ class _Lowering:
                   self.parameter(f"{name}.running_var")]
         return self.add("BatchNormalization", inputs, output, name=name, epsilon=float(node.attrs["eps"]))
 
+    def _per_channel(self, tensor: str, rank: int) -> str:
+        """A (C,) tensor as (C, 1, 1) against a (N, C, H, W) value (rank 3), or as it is against (N, C)."""
+        if rank == 1:
+            return tensor
+        axes = self.initializer("const/axes_chw", np.array([1, 2], dtype=np.int64))
+        layer, parameter = tensor.rsplit(".", 1)  # a parameter `layer.weight`: the node belongs to its layer
+        name = f"{layer}/{parameter}_per_channel"
+        return self.add("Unsqueeze", [tensor, axes], name, name=name)
+
+    def _normalised(self, node: Node, output: str) -> str:
+        """Where a decomposed norm puts its normalised value: the output itself unless affine follows."""
+        return f"{node.name}/normalised" if node.attrs["affine"] else output
+
+    def _affine(self, node: Node, normalised: str, output: str) -> str:
+        """normalised * weight + bias per channel (affine), else the normalised value (already `output`)."""
+        if not node.attrs["affine"]:
+            return normalised
+        rank = len(node.shape)
+        weight = self._per_channel(self.parameter(f"{node.name}.weight"), rank)
+        bias = self._per_channel(self.parameter(f"{node.name}.bias"), rank)
+        scaled = self.add("Mul", [normalised, weight], f"{node.name}/scaled", name=f"{node.name}/scale")
+        return self.add("Add", [scaled, bias], output, name=f"{node.name}/shift")
+
+    def _layernorm(self, node: Node, output: str) -> str:
+        """LayerNormalization over the last axis from opset 17 (a (C, H, W) input transposed to put the
+        channels last and back); below, the mean and the biased variance over axis 1 with ReduceMean
+        (whose axes are an attribute before opset 18, so always here)."""
+        name, eps, rank, x = node.name, float(node.attrs["eps"]), len(node.shape), self.input_of(node)
+        if self.opset < NATIVE_LAYERNORM_OPSET:
+            mean = self.add("ReduceMean", [x], f"{name}/mean", name=f"{name}/mean", axes=[1], keepdims=1)
+            centred = self.add("Sub", [x, mean], f"{name}/centred", name=f"{name}/centre")
+            square = self.add("Mul", [centred, centred], f"{name}/square", name=f"{name}/square")
+            variance = self.add("ReduceMean", [square], f"{name}/variance", name=f"{name}/variance", axes=[1],
+                                keepdims=1)
+            shifted = self.add("Add", [variance, self.initializer(f"{name}/eps", np.array(eps, np.float32))],
+                               f"{name}/variance_eps", name=f"{name}/eps")
+            deviation = self.add("Sqrt", [shifted], f"{name}/std", name=f"{name}/std")
+            normalised = self.add("Div", [centred, deviation], self._normalised(node, output), name=name)
+            return self._affine(node, normalised, output)
+        channels = node.shape[0]
+        if node.attrs["affine"]:
+            scale_shift = [self.parameter(f"{name}.weight"), self.parameter(f"{name}.bias")]
+        else:  # ONNX needs a scale: the identity one
+            scale_shift = [self.initializer(f"{name}/unit_scale", np.ones(channels, np.float32))]
+        if rank == 1:
+            return self.add("LayerNormalization", [x, *scale_shift], output, name=name, axis=-1, epsilon=eps)
+        last = self.add("Transpose", [x], f"{name}/channels_last", name=f"{name}/to_channels_last", perm=[0, 2, 3, 1])
+        normalised = self.add("LayerNormalization", [last, *scale_shift], f"{name}/normalised", name=name, axis=-1,
+                              epsilon=eps)
+        return self.add("Transpose", [normalised], output, name=f"{name}/to_channels_first", perm=[0, 3, 1, 2])
+
+    def _groupnorm(self, node: Node, output: str) -> str:
+        """GroupNormalization from opset 21, where its scale and bias are per channel as in PyTorch (opset
+        18's were per group). Otherwise, and for flat inputs, the classic equivalent: reshape to
+        (N, groups, rest), InstanceNormalization (per sample and group, biased variance), reshape
+        back, then the per-channel weight and bias."""
+        name, eps, groups, x = node.name, float(node.attrs["eps"]), node.attrs["groups"], self.input_of(node)
+        channels = node.shape[0]
+        if self.opset >= NATIVE_GROUPNORM_OPSET and len(node.shape) == 3:
+            if node.attrs["affine"]:
+                scale, shift = self.parameter(f"{name}.weight"), self.parameter(f"{name}.bias")
+            else:
+                scale = self.initializer(f"{name}/unit_scale", np.ones(channels, np.float32))
+                shift = self.initializer(f"{name}/zero_shift", np.zeros(channels, np.float32))
+            return self.add("GroupNormalization", [x, scale, shift], output, name=name, epsilon=eps,
+                            num_groups=groups)
+        grouped_shape = self.initializer(f"{name}/grouped_shape", np.array([0, groups, -1], np.int64))
+        grouped = self.add("Reshape", [x, grouped_shape], f"{name}/grouped", name=f"{name}/group")
+        unit = self.initializer(f"{name}/group_scale", np.ones(groups, np.float32))
+        zero = self.initializer(f"{name}/group_shift", np.zeros(groups, np.float32))
+        normalised = self.add("InstanceNormalization", [grouped, unit, zero], f"{name}/grouped_normalised", name=name,
+                              epsilon=eps)
+        shape = self.initializer(f"{name}/shape", np.array([0, *node.shape], np.int64))
+        ungrouped = self.add("Reshape", [normalised, shape], self._normalised(node, output), name=f"{name}/ungroup")
+        return self._affine(node, ungrouped, output)
+
+    def _scale(self, node: Node, output: str) -> str:
+        weight = self._per_channel(self.parameter(f"{node.name}.weight"), len(node.shape))
+        return self.add("Mul", [self.input_of(node), weight], output, name=node.name)
+
+    def _adaptive_avgpool(self, node: Node, output: str) -> str:
+        """AveragePool when every bin along each axis has one length and one stride (sizes that divide,
+        and some that do not, such as 5 -> 4); otherwise each resized axis is a MatMul with a constant
+        averaging matrix (row i: 1 / len over bin i), width first: (x @ Aw^T), then Ah @ that."""
+        _, height, width = self.shapes[node.inputs[0]]
+        out_h, out_w = node.attrs["size"]
+        rows, columns = uniform_window(height, out_h), uniform_window(width, out_w)
+        source = self.input_of(node)
+        if rows is not None and columns is not None:
+            (kh, sh), (kw, sw) = rows, columns
+            return self.add("AveragePool", [source], output, name=node.name, kernel_shape=[kh, kw], strides=[sh, sw])
+        if width != out_w:
+            across = self.initializer(f"{node.name}/width_bins", _averaging_matrix(width, out_w).T)
+            last = height == out_h
+            source = self.add("MatMul", [source, across], output if last else f"{node.name}/width_pooled",
+                              name=node.name if last else f"{node.name}/width")
+        if height != out_h:
+            down = self.initializer(f"{node.name}/height_bins", _averaging_matrix(height, out_h))
+            source = self.add("MatMul", [down, source], output, name=node.name)
+        return source
+
+    def _clip(self, node: Node, output: str, low: float, high: float) -> str:
+        return self.add("Clip", [self.input_of(node), self.scalar(f"{low:g}", low), self.scalar(f"{high:g}", high)],
+                        output, name=node.name)
+
+    def _hardswish(self, node: Node, output: str) -> str:
+        """HardSwish from opset 14 (alpha 1/6, beta 1/2: PyTorch's); below, x * HardSigmoid(x)."""
+        if self.opset >= NATIVE_HARDSWISH_OPSET:
+            return self._unary("HardSwish", node, output)
+        x = self.input_of(node)
+        gate = self.add("HardSigmoid", [x], f"{node.name}/gate", name=f"{node.name}/gate", alpha=1 / 6, beta=0.5)
+        return self.add("Mul", [x, gate], output, name=node.name)
+
+    def _mish(self, node: Node, output: str) -> str:
+        """Mish from opset 18; below, x * tanh(softplus(x))."""
+        if self.opset >= NATIVE_MISH_OPSET:
+            return self._unary("Mish", node, output)
+        x, name = self.input_of(node), node.name
+        softplus = self.add("Softplus", [x], f"{name}/softplus", name=f"{name}/softplus")
+        gate = self.add("Tanh", [softplus], f"{name}/tanh", name=f"{name}/tanh")
+        return self.add("Mul", [x, gate], output, name=name)
+
     def _elementwise(self, node: Node, output: str) -> str:
         """add / multiply, numpy broadcasting with the batch dimension in front; a flat (C,) operand
         against (C, H, W) is unsqueezed to (C, 1, 1) first, and a 1-channel operand against C > 1
@@ -558,15 +692,20 @@ def _conv_transpose(ctx: _Lowering, node: Node, output: str) -> str:
 
 
 def _upsample(ctx: _Lowering, node: Node, output: str) -> str:
-    """Resize with the scales input (the same form at every opset from 13: roi empty, no sizes, no
-    antialias or axes). PyTorch's nearest is floor of the asymmetric coordinate out / scale; bilinear
-    with align_corners=False is half_pixel (equal to pytorch_half_pixel, as no output axis has length 1
-    unless its input has)."""
-    scales = ctx.initializer(f"{node.name}/scales", np.array([1, 1, *node.attrs["scale"]], np.float32))
+    """Resize with the scales input (roi empty, no sizes, no antialias); from opset 18 the scales
+    cover height and width only (`axes`), before that every axis (batch and channels 1). PyTorch's
+    nearest is floor of the asymmetric coordinate out / scale; bilinear with align_corners=False is
+    half_pixel (equal to pytorch_half_pixel, as no output axis has length 1 unless its input has)."""
+    settings: dict[str, Any]
     if node.attrs["mode"] == "nearest":
         settings = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
     else:
         settings = {"mode": "linear", "coordinate_transformation_mode": "half_pixel"}
+    if ctx.opset >= RESIZE_AXES_OPSET:  # scales for height and width only: shape inference keeps the batch's name
+        scales = ctx.initializer(f"{node.name}/scales", np.array(node.attrs["scale"], np.float32))
+        settings["axes"] = [2, 3]
+    else:
+        scales = ctx.initializer(f"{node.name}/scales", np.array([1, 1, *node.attrs["scale"]], np.float32))
     return ctx.add("Resize", [ctx.input_of(node), "", scales], output, name=node.name, **settings)
 
 
@@ -607,6 +746,7 @@ LOWERINGS: dict[str, Lowering] = {
     "global_avgpool": _Lowering._global_pool,
     "global_maxpool": _Lowering._global_pool,
     "flatten": _Lowering._flatten,
+    "channel_slice": _Lowering._channel_slice,
     "batchnorm": _Lowering._batchnorm,
     "dropout": _Lowering._pass_through,
     "identity": _Lowering._pass_through,
@@ -617,6 +757,15 @@ LOWERINGS: dict[str, Lowering] = {
     "upsample": _upsample,
     "pad": _pad,
     "channel_shuffle": _channel_shuffle,
+    "layernorm": _Lowering._layernorm,
+    "groupnorm": _Lowering._groupnorm,
+    "scale": _Lowering._scale,
+    "drop_path": _Lowering._pass_through,
+    "adaptive_avgpool": _Lowering._adaptive_avgpool,
+    "relu6": lambda lowering, node, output: lowering._clip(node, output, 0.0, 6.0),
+    "hardsigmoid": _simple("HardSigmoid", alpha=1 / 6, beta=0.5),
+    "hardswish": _Lowering._hardswish,
+    "mish": _Lowering._mish,
     "relu": _simple("Relu"),
     "leaky_relu": lambda lowering, node, output: lowering._unary("LeakyRelu", node, output,
                                                                  alpha=float(node.attrs["alpha"])),
@@ -627,6 +776,14 @@ LOWERINGS: dict[str, Lowering] = {
     "tanh": _simple("Tanh"),
     "softmax": _simple("Softmax", axis=1),
 }
+
+
+def _averaging_matrix(size: int, output: int) -> np.ndarray:
+    """(output, size): row i averages PyTorch's adaptive bin i (see compiler.ops.pool.adaptive_bins)."""
+    matrix = np.zeros((output, size), np.float32)
+    for row, (start, end) in enumerate(adaptive_bins(size, output)):
+        matrix[row, start:end] = 1 / (end - start)
+    return matrix
 
 
 def _floor_end_pad(size: int, kernel: int, stride: int, before: int, output: int, after: int) -> int:

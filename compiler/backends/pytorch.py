@@ -122,6 +122,50 @@ class BatchNorm(nn.Module):
         return f"{len(self.running_mean)}, momentum={self.momentum}, eps={self.eps}, affine={self.weight is not None}"
 
 
+class LayerNorm(nn.LayerNorm):
+    """Layer norm over the channels at each position of (N, C, H, W) (ConvNeXt's LayerNorm2d), or over
+    the features of (N, C): the normalised axis goes last, where F.layer_norm works."""
+
+    def __init__(self, channels: int, eps: float, affine: bool) -> None:
+        super().__init__(channels, eps=eps, elementwise_affine=affine)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 2:
+            return super().forward(x)
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class Scale(nn.Module):
+    """A learnable per-channel multiplier (layer scale); `weight` starts at the spec's `init`."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * (self.weight if x.dim() == 2 else self.weight[:, None, None])
+
+
+class DropPath(nn.Module):
+    """Stochastic depth, torchvision's StochasticDepth(mode="row"): while training, each sample is zeroed
+    with probability `rate` and the others scaled by 1 / (1 - rate); the identity in eval mode. The
+    draws come from torch's global generator, which checkpoints save and restore."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.rate == 0:
+            return x
+        keep = 1 - self.rate
+        noise = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device).bernoulli_(keep)
+        return x * noise.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate}"
+
+
 @dataclass(frozen=True)
 class _Window:
     """A pooling window over height and width, and what it must produce: the IR's output size."""
@@ -250,6 +294,10 @@ _ACTIVATIONS: dict[str, Lowering] = {
     "tanh": _activation(lambda n: torch.tanh),
     "softmax": _activation(lambda n: partial(F.softmax, dim=1)),
     "identity": _activation(lambda n: _identity),
+    "relu6": _activation(lambda n: F.relu6),
+    "hardsigmoid": _activation(lambda n: F.hardsigmoid),
+    "hardswish": _activation(lambda n: F.hardswish),
+    "mish": _activation(lambda n: F.mish),
 }
 
 
@@ -263,6 +311,10 @@ def _global_maxpool(keepdims: bool, x: Tensor) -> Tensor:
 
 def _flatten(x: Tensor) -> Tensor:
     return torch.flatten(x, 1)
+
+
+def _channel_slice(start: int, stop: int, x: Tensor) -> Tensor:
+    return x[:, start:stop]
 
 
 def _as_feature_map(x: Tensor) -> Tensor:
@@ -343,11 +395,18 @@ LOWERINGS: dict[str, Lowering] = {
     "batchnorm": lambda node, shapes: BatchNorm(node.shape[0], node.attrs["momentum"], node.attrs["eps"],
                                                 node.attrs["affine"]),
     "dropout": lambda node, shapes: nn.Dropout(node.attrs["rate"]),
+    "layernorm": lambda node, shapes: LayerNorm(node.shape[0], node.attrs["eps"], node.attrs["affine"]),
+    "groupnorm": lambda node, shapes: nn.GroupNorm(node.attrs["groups"], node.shape[0], node.attrs["eps"],
+                                                   node.attrs["affine"]),
+    "scale": lambda node, shapes: Scale(node.shape[0]),
+    "drop_path": lambda node, shapes: DropPath(node.attrs["rate"]),
+    "adaptive_avgpool": lambda node, shapes: partial(F.adaptive_avg_pool2d, output_size=node.attrs["size"]),
     "maxpool": lambda node, shapes: MaxPool(_Window.of(node, shapes[0])),
     "avgpool": lambda node, shapes: AvgPool(_Window.of(node, shapes[0]), node.attrs["count_pad"]),
     "global_avgpool": lambda node, shapes: partial(_global_avgpool, node.attrs["keepdims"]),
     "global_maxpool": lambda node, shapes: partial(_global_maxpool, node.attrs["keepdims"]),
     "flatten": lambda node, shapes: _flatten,
+    "channel_slice": lambda node, shapes: partial(_channel_slice, node.attrs["start"], node.attrs["stop"]),
     "add": _elementwise(torch.add),
     "multiply": _elementwise(torch.mul),
     "concat": lambda node, shapes: _concat,

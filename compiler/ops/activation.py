@@ -18,6 +18,10 @@ ACTIVATION_ARGS: dict[str, tuple[ArgSpec, ...]] = {
     "tanh": (),
     "softmax": (),
     "identity": (),
+    "relu6": (),
+    "hardsigmoid": (),
+    "hardswish": (),
+    "mish": (),
 }
 ACTIVATION = OneOf("an activation", ACTIVATION_ARGS)
 
@@ -32,6 +36,10 @@ _DOCS = {
     "tanh": "the hyperbolic tangent",
     "softmax": "softmax over channels (features of a flat input)",
     "identity": "x, unchanged",
+    "relu6": "min(max(x, 0), 6)",
+    "hardsigmoid": "relu6(x + 3) / 6 (PyTorch's; Keras's older hard_sigmoid has slope 0.2)",
+    "hardswish": "x * relu6(x + 3) / 6 (PyTorch's)",
+    "mish": "x * tanh(softplus(x)), softplus(x) = log(1 + exp(x))",
 }
 
 _DECOMPOSITIONS = {

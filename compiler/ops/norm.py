@@ -5,8 +5,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from cnnc.compiler.arguments import ArgSpec, Bool, Float
-from cnnc.compiler.ops.core import OpDef, Param, Shape, same_as_input
+from cnnc.compiler.arguments import ArgSpec, Bool, Float, Int, Option
+from cnnc.compiler.ops.core import (
+    Inferred,
+    OpDef,
+    Param,
+    Shape,
+    TensorInfo,
+    divides,
+    same_as_input,
+    whole_input_field,
+)
 from cnnc.compiler.ops.initializers import ONES, ZEROS
 
 FAMILY = "norm"
@@ -29,4 +38,49 @@ BATCHNORM = OpDef(
     same_as_input, "batchnorm(momentum=0.2, eps=0.001)", parameters=_batchnorm_parameters,
 )
 
-OPS = (BATCHNORM,)
+
+# --- per-channel layers: layer norm, group norm, layer scale -----------------------------------------
+# Each takes (C, H, W) or a flat (C,): the channels (features) come first either way.
+
+def _affine_parameters(attrs: Mapping[str, Any], output: Shape) -> tuple[Param, ...]:
+    channels = (output[0],)
+    return (Param("weight", channels, ONES), Param("bias", channels, ZEROS)) if attrs["affine"] else ()
+
+
+_NORM_ARGS = (ArgSpec("eps", Float(minimum=0), 1e-5), ArgSpec("affine", Bool(), True))
+
+LAYERNORM = OpDef(
+    "layernorm", FAMILY,
+    "layer normalisation over the channels at each position (ConvNeXt's LayerNorm2d), "
+    "or over the features of a flat input (PyTorch's LayerNorm)",
+    _NORM_ARGS, same_as_input, "conv(4, 3) -> layernorm(eps=0.001)", parameters=_affine_parameters,
+)
+
+
+def _groupnorm_infer(label: str, attrs: Mapping[str, Any], inputs: tuple[TensorInfo, ...]) -> Inferred:
+    channels, groups = inputs[0].shape[0], attrs["groups"]
+    divides(label, "channels", channels, groups, f"Received: groups={groups}, channels={channels}")
+    return Inferred(inputs[0].shape)
+
+
+GROUPNORM = OpDef(
+    "groupnorm", FAMILY,
+    "group normalisation (PyTorch's GroupNorm): the channels split into `groups` groups, each normalised "
+    "over its channels and all positions",
+    (ArgSpec("groups", Int(minimum=1), positional=True, doc="must divide the channels"), *_NORM_ARGS),
+    _groupnorm_infer, "conv(6, 3) -> groupnorm(3, eps=0.001)", parameters=_affine_parameters,
+    field=whole_input_field,  # each output depends on its group's statistics, so on every position
+)
+
+
+def _scale_parameters(attrs: Mapping[str, Any], output: Shape) -> tuple[Param, ...]:
+    return (Param("weight", (output[0],), Option("constant", (("value", attrs["init"]),))),)
+
+
+SCALE = OpDef(
+    "scale", FAMILY, "a learnable per-channel multiplier (ConvNeXt's layer scale), starting at `init`",
+    (ArgSpec("init", Float(), 1.0, positional=True, doc="the multiplier's initial value, such as 1e-6"),),
+    same_as_input, "conv(4, 3) -> scale(0.5)", parameters=_scale_parameters,
+)
+
+OPS = (BATCHNORM, LAYERNORM, GROUPNORM, SCALE)

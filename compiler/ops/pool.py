@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from fractions import Fraction
 from typing import Any
 
+from cnnc.compiler import shapes
 from cnnc.compiler.arguments import ArgSpec, Bool, Padding, Pair
 from cnnc.compiler.ops.conv import window
 from cnnc.compiler.ops.core import (
+    Field,
     Inferred,
     OpDef,
+    Shape,
     ShapeError,
     TensorInfo,
     need_feature_map,
@@ -67,4 +71,53 @@ GLOBAL_AVGPOOL = OpDef("global_avgpool", FAMILY, "mean over height and width", _
 GLOBAL_MAXPOOL = OpDef("global_maxpool", FAMILY, "max over height and width", _GLOBAL_ARGS, _global_pool_infer,
                        "global_maxpool", field=whole_input_field)
 
-OPS = (MAXPOOL, AVGPOOL, GLOBAL_AVGPOOL, GLOBAL_MAXPOOL)
+
+
+# --- adaptive average pooling ------------------------------------------------------------------------
+
+def adaptive_bins(size: int, output: int) -> tuple[tuple[int, int], ...]:
+    """PyTorch's adaptive pooling bins along one axis: bin i covers [floor(i * size / output),
+    ceil((i + 1) * size / output)), so bins may differ in length and overlap when sizes do not divide."""
+    return tuple((i * size // output, -(-(i + 1) * size // output)) for i in range(output))
+
+
+def uniform_window(size: int, output: int) -> tuple[int, int] | None:
+    """(kernel, stride) of a plain sliding window with exactly these bins, or None when they differ."""
+    bins = adaptive_bins(size, output)
+    kernel = bins[0][1] - bins[0][0]
+    stride = bins[1][0] - bins[0][0] if output > 1 else 1
+    if stride < 1 or any((start, end) != (i * stride, i * stride + kernel) for i, (start, end) in enumerate(bins)):
+        return None
+    return kernel, stride
+
+
+def _adaptive_infer(label: str, attrs: Mapping[str, Any], inputs: tuple[TensorInfo, ...]) -> Inferred:
+    channels = need_feature_map(label, inputs[0])[0]
+    return Inferred((channels, *attrs["size"]))
+
+
+def _adaptive_field(attrs: Mapping[str, Any], inputs: tuple[Field, ...], shapes_: tuple[Shape, ...]) -> Field:
+    """A sliding window where the bins are uniform; otherwise the longest bin as the window, and the
+    average distance between bins, size / output, as the jump."""
+    field_ = inputs[0]
+    axes = []
+    for size, output, extent, jump in zip(shapes_[0][1:], attrs["size"], (field_.height, field_.width),
+                                          (field_.jump_height, field_.jump_width)):
+        window_ = uniform_window(size, output)
+        if window_ is not None:
+            axes.append(shapes.receptive_field(extent, jump, *window_))
+        else:
+            longest = max(end - start for start, end in adaptive_bins(size, output))
+            axes.append((extent + (longest - 1) * jump, jump * Fraction(size, output)))
+    (height, jump_h), (width, jump_w) = axes
+    return Field(height, width, jump_h, jump_w)
+
+
+ADAPTIVE_AVGPOOL = OpDef(
+    "adaptive_avgpool", FAMILY,
+    "average pooling to a given output size (PyTorch's adaptive_avg_pool2d), any input size",
+    (ArgSpec("size", Pair(), positional=True, doc="the output's height and width, 7 or (7, 5)"),),
+    _adaptive_infer, "adaptive_avgpool((4, 5))", field=_adaptive_field,
+)
+
+OPS = (MAXPOOL, AVGPOOL, GLOBAL_AVGPOOL, GLOBAL_MAXPOOL, ADAPTIVE_AVGPOOL)

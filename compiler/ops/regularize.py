@@ -12,4 +12,12 @@ DROPOUT = OpDef(
     (ArgSpec("rate", Float(minimum=0, below=1), 0.5, positional=True),), same_as_input, "dropout(0.25)",
 )
 
-OPS = (DROPOUT,)
+DROP_PATH = OpDef(
+    "drop_path", FAMILY,
+    "stochastic depth (torchvision's StochasticDepth, mode \"row\"): zeroes each sample's whole tensor "
+    "while training",
+    (ArgSpec("rate", Float(minimum=0, below=1), positional=True, doc="the probability of dropping a sample"),),
+    same_as_input, "conv(4, 3) -> drop_path(0.2)",
+)
+
+OPS = (DROPOUT, DROP_PATH)
