@@ -7,7 +7,7 @@ from the same ONNX bytes; small specs at opsets 13, 17 (the default) and the new
 big ones (ImageNet-size) at the default opset only. Each engine's model is compiled once and fed a
 batch of 1 and then, for small specs, a batch of 3: both engines take the symbolic batch dimension N
 as it is, so no fixed-batch copy of the model is needed. A few small specs below pin the lowerings
-that cnnc chose for the engines' sake (see docs/deployment.md, "Engines").
+that cnnc chose for the engines' sake (see docs/deployment.md, "Lowerings chosen for the engines").
 
 Tolerance: float32 results may differ by the order of summation (Winograd, im2col blocking, batch
 norm folded into convolution weights, fused activations) and by each engine's exp/tanh/erf, not by
@@ -15,8 +15,9 @@ anything else. Those differences are a few float32 ulps per layer and grow with 
 the specs here (up to 14 layers deep, fan-in up to 3136) stay below 1e-6 (relative to the output's
 scale). RTOL = ATOL = 1e-4 leaves room for ImageNet-depth models and is still below what any wrong
 lowering gave (the engine bugs found while writing this file were off by 2e-4 (OpenCV's GELU
-ignoring `approximate`) to 1e38, crashed, or changed shapes). The absolute part is scaled by the output's largest magnitude, because the error
-of a small output element comes from sums as large as the largest ones.
+ignoring `approximate`) to 1e38, crashed, or changed shapes). The absolute part is scaled by the
+output's largest magnitude, because the error of a small output element comes from sums as large
+as the largest ones.
 """
 
 from __future__ import annotations

@@ -38,7 +38,6 @@ from cnnc.errors import CnncError, InternalError
 from cnnc.files import replacing
 
 NATIVE_GELU_OPSET = 20
-RESIZE_AXES_OPSET = 18
 NATIVE_HARDSWISH_OPSET = 14
 NATIVE_LAYERNORM_OPSET = 17
 NATIVE_MISH_OPSET = 18
@@ -529,7 +528,9 @@ class _Lowering:
         back, then the per-channel weight and bias."""
         name, eps, groups, x = node.name, float(node.attrs["eps"]), node.attrs["groups"], self.input_of(node)
         channels = node.shape[0]
-        if self.opset >= NATIVE_GROUPNORM_OPSET and len(node.shape) == 3:
+        if len(node.shape) == 1:
+            return self._flat_groupnorm(node, output)
+        if self.opset >= NATIVE_GROUPNORM_OPSET:
             if node.attrs["affine"]:
                 scale, shift = self.parameter(f"{name}.weight"), self.parameter(f"{name}.bias")
             else:
@@ -546,6 +547,17 @@ class _Lowering:
         shape = self.initializer(f"{name}/shape", np.array([0, *node.shape], np.int64))
         ungrouped = self.add("Reshape", [normalised, shape], self._normalised(node, output), name=f"{name}/ungroup")
         return self._affine(node, ungrouped, output)
+
+    def _flat_groupnorm(self, node: Node, output: str) -> str:
+        """Group norm of a flat (N, C) value as that of an (N, C, 1, 1) image, flattened back: OpenCV 5.0
+        fuses the flat form's Reshape-InstanceNormalization-Reshape-Mul-Add into its GroupNorm layer,
+        which refuses inputs of fewer than 3 dimensions."""
+        axes = self.initializer("const/axes_hw", np.array([2, 3], dtype=np.int64))
+        image = self.add("Unsqueeze", [self.input_of(node), axes], f"{node.name}/image", name=f"{node.name}/to_image")
+        self.tensor_of[image], self.shapes[image] = image, (*node.shape, 1, 1)
+        as_image = replace(node, inputs=(image,), shape=(*node.shape, 1, 1))
+        normalised = self._groupnorm(as_image, f"{node.name}/normalised_image")
+        return self.add("Flatten", [normalised], output, name=f"{node.name}/flatten", axis=1)
 
     def _scale(self, node: Node, output: str) -> str:
         weight = self._per_channel(self.parameter(f"{node.name}.weight"), len(node.shape))
@@ -692,8 +704,9 @@ def _conv_transpose(ctx: _Lowering, node: Node, output: str) -> str:
 
 
 def _upsample(ctx: _Lowering, node: Node, output: str) -> str:
-    """Resize with the scales input (roi empty, no sizes, no antialias); from opset 18 the scales
-    cover height and width only (`axes`), before that every axis (batch and channels 1). PyTorch's
+    """Resize with the scales input (roi empty, no sizes, no antialias), one scale for every axis
+    (batch and channels 1) at every opset: OpenCV 5.0 refuses Resize-18's `axes` with 2 scales, the
+    form that would keep the batch's name through ONNX shape inference. PyTorch's
     nearest is floor of the asymmetric coordinate out / scale; bilinear with align_corners=False is
     half_pixel (equal to pytorch_half_pixel, as no output axis has length 1 unless its input has)."""
     settings: dict[str, Any]
@@ -701,11 +714,7 @@ def _upsample(ctx: _Lowering, node: Node, output: str) -> str:
         settings = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
     else:
         settings = {"mode": "linear", "coordinate_transformation_mode": "half_pixel"}
-    if ctx.opset >= RESIZE_AXES_OPSET:  # scales for height and width only: shape inference keeps the batch's name
-        scales = ctx.initializer(f"{node.name}/scales", np.array(node.attrs["scale"], np.float32))
-        settings["axes"] = [2, 3]
-    else:
-        scales = ctx.initializer(f"{node.name}/scales", np.array([1, 1, *node.attrs["scale"]], np.float32))
+    scales = ctx.initializer(f"{node.name}/scales", np.array([1, 1, *node.attrs["scale"]], np.float32))
     return ctx.add("Resize", [ctx.input_of(node), "", scales], output, name=node.name, **settings)
 
 
