@@ -94,6 +94,8 @@ model m {
 input image(1,28,28)
         # an own-line comment
   const K = -WIDTH+2 ; x=image   ->  b(WIDTH)  # short
+  a1 = image -> relu;      b1 = a1->relu
+  a22 = image -> relu;     b22 = a22 -> relu
   conv(filters=8,
        kernel=3) -> relu
   dense(10,
@@ -115,6 +117,8 @@ model m {
     input image(1, 28, 28)
     # an own-line comment
     const K = -WIDTH + 2; x = image -> b(WIDTH)  # short
+    a1 = image -> relu;    b1 = a1 -> relu
+    a22 = image -> relu;   b22 = a22 -> relu
     conv(filters=8,
          kernel=3) -> relu
     dense(10,

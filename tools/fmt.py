@@ -3,10 +3,11 @@
 The formatter owns the horizontal layout and the author owns the line breaks (as gofmt does):
 each line is re-indented (four spaces per open brace, four more for a line that continues a
 statement), the spaces between tokens are canonical (`a = b`, `x -> y`, `f(a, b=1)`, `a * -b`,
-`{ x }`), a comment stays on its line and at its column where the code leaves room, `;` at the end
-of a line goes, runs of blank lines become one, and none are kept after `{`, before `}` or at the
-ends of the file. It changes only whitespace and line-ending semicolons; every result is parsed
-again and must give the same syntax tree, with the same comments, or nothing is written.
+`{ x }`), a comment stays on its line and at its column where the code leaves room, and so does a
+statement after `;` (aligned columns stay aligned), `;` at the end of a line goes, runs of blank
+lines become one, and none are kept after `{`, before `}` or at the ends of the file. It changes
+only whitespace and line-ending semicolons; every result is parsed again and must give the same
+syntax tree, with the same comments, or nothing is written.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Token:
     kind: str
     text: str
     offset: int
+    column: int   # 0-based, in its line of the original text
 
 
 def format_text(text: str, path: str = "<text>") -> str:
@@ -61,7 +63,8 @@ def format_text(text: str, path: str = "<text>") -> str:
 
 
 def _tokens(text: str) -> list[Token]:
-    return [Token(match.lastgroup or "other", match.group(), match.start()) for match in TOKEN.finditer(text)]
+    return [Token(match.lastgroup or "other", match.group(), match.start(),
+                  match.start() - (text.rfind("\n", 0, match.start()) + 1)) for match in TOKEN.finditer(text)]
 
 
 def _unary_minuses(text: str) -> frozenset[int]:
@@ -108,7 +111,7 @@ def _layout(text: str) -> str:
         if pending_blank and not (out and out[-1].rstrip().endswith("{")) and not (code and code[0].text == "}"):
             out.append("")
         pending_blank = False
-        out.append(_with_comment(indent + _join(code, unary, brackets, len(indent)), comment, text))
+        out.append(_with_comment(indent + _join(code, unary, brackets, len(indent)), comment))
         for token in code:
             depth = max(0, depth + {"{": 1, "}": -1}.get(token.text, 0))
         last = code[-1] if code else last
@@ -121,7 +124,11 @@ def _join(code: list[Token], unary: frozenset[int], brackets: list[int | None], 
     parts: list[str] = []
     width = start
     for index, token in enumerate(code):
-        if index and _spaced(code[index - 1], token, unary, len(brackets)):
+        if index and code[index - 1].text == ";":
+            gap = max(1, token.column - width)   # a statement after `;` keeps its column where there is room
+            parts.append(" " * gap)
+            width += gap
+        elif index and _spaced(code[index - 1], token, unary, len(brackets)):
             parts.append(" ")
             width += 1
         parts.append(token.text)
@@ -149,15 +156,14 @@ def _spaced(left: Token, right: Token, unary: frozenset[int], brackets: int) -> 
     return True
 
 
-def _with_comment(code: str, comment: Token | None, text: str) -> str:
+def _with_comment(code: str, comment: Token | None) -> str:
     """A comment after code keeps its column where the code leaves room for it."""
     if comment is None:
         return code.rstrip()
     body = comment.text.rstrip()
     if not code.strip():
         return code + body
-    column = comment.offset - (text.rfind("\n", 0, comment.offset) + 1)
-    return code + " " * max(2, column - len(code)) + body
+    return code + " " * max(2, comment.column - len(code)) + body
 
 
 # --- safety ------------------------------------------------------------------------------------------
