@@ -169,6 +169,19 @@ def test_blocks_are_labelled_groups_or_single_boxes() -> None:
     assert len(collapsed.boxes) == len({n.name.split(".")[0] for n in graph.nodes})
 
 
+def test_collapsing_keeps_the_frames_of_enclosing_blocks() -> None:
+    graph, drawing = _drawing("specs/se_cifar.cnn", collapse=True)
+    stages = {n.name.split(".")[0] for n in graph.nodes if "." in n.name}
+    assert {g.key for g in drawing.groups} == stages
+    gates = [b for b in drawing.boxes if b.family == "block"]
+    assert {b.key.split(".")[0] for b in gates} == stages
+    for box in gates:
+        assert box.groups == (box.key.split(".")[0],) and box.op.startswith("squeeze_excite (")
+        layers = [n for n in graph.nodes if n.name.startswith(box.key + ".")]
+        assert box.detail.startswith("x".join(map(str, layers[-1].shape)))
+    assert any(b.key.endswith(".conv1") for b in drawing.boxes)   # a stage's own layers stay boxes
+
+
 def test_branches_and_merges() -> None:
     _, drawing = _drawing("specs/inception_mnist.cnn")
     svg = to_svg(drawing)

@@ -19,7 +19,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     draw.add_argument("-o", "--output", metavar="FILE", required=True, help="the picture: FILE.svg or FILE.png")
     draw.add_argument("--format", choices=("svg", "png"), default=None,
                       help="the picture's format (default: from the file's suffix)")
-    draw.add_argument("--collapse-blocks", action="store_true", help="draw each block instance as one box")
+    draw.add_argument("--collapse-blocks", action="store_true", help="draw each innermost block instance as one box, inside the frames of the blocks around it")
     draw.set_defaults(handler=run_draw)
 
     lsp = subparsers.add_parser("lsp", help="run the language server (LSP over stdin and stdout) for editors")

@@ -118,9 +118,14 @@ def layout(graph: Graph, block_names: dict[str, str] | None = None, collapse_blo
 
 def _boxes(graph: Graph, dead: set[str], block_names: dict[str, str],
            collapse: bool) -> tuple[dict[str, Box], dict[str, list[str]]]:
-    """One box per node, or per outermost block instance when collapsing; and each box's inputs."""
-    owner = {node.name: (_groups_of(node.name)[0] if collapse and _groups_of(node.name) else node.name)
-             for node in graph.nodes}
+    """One box per node, or, when collapsing, per innermost block instance (one that holds no other:
+    the frames of the instances around it stay); and each box's inputs."""
+    instances = {group for node in graph.nodes for group in _groups_of(node.name)}
+    leaves = instances - {group.rsplit(".", 1)[0] for group in instances if "." in group}
+    owner = {}
+    for node in graph.nodes:
+        groups = _groups_of(node.name)
+        owner[node.name] = groups[-1] if collapse and groups and groups[-1] in leaves else node.name
     members: dict[str, list[Node]] = {}
     for node in graph.nodes:
         members.setdefault(owner[node.name], []).append(node)
@@ -154,8 +159,8 @@ def _collapsed_box(key: str, nodes: list[Node], graph: Graph, dead: set[str], bl
     params = sum(n.params + n.non_trainable for n in nodes)
     detail = _shape(last.shape) + (f"  {_count(params)} params" if params else "")
     block = block_names.get(key, "block")
-    return _sized(Box(key, key, f"{block} ({len(nodes)} layers)", detail, "block",
-                      all(n.name in dead for n in nodes), False, (), 0, 0, 0, 0))
+    return _sized(Box(key, key.rsplit(".", 1)[-1], f"{block} ({len(nodes)} layers)", detail, "block",
+                      all(n.name in dead for n in nodes), False, _groups_of(key), 0, 0, 0, 0))
 
 
 def _sized(box: Box) -> Box:
