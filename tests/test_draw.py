@@ -19,7 +19,7 @@ from cnnc.compiler.check import load_program
 from cnnc.compiler.ir import Graph
 from cnnc.compiler.passes import dead_nodes
 from cnnc.tools.draw import COLOURS, DEAD_COLOURS, block_names, to_svg
-from cnnc.tools.layout import CHAR_WIDTH, Drawing, layout
+from cnnc.tools.layout import CHAR_WIDTH, INNERMOST, Drawing, layout
 
 Image = pytest.importorskip("PIL.Image")
 
@@ -29,7 +29,7 @@ MODEL_SPECS = sorted(p for p in [*(ROOT / "specs").rglob("*.cnn"), *(ROOT / "tes
 RENDERED = ["specs/resnet_cifar.cnn", "specs/inception_mnist.cnn", "specs/se_cifar.cnn", "tests/specs/dead_layers.cnn"]
 
 
-def _drawing(spec: str | Path, collapse: bool = False) -> tuple[Graph, Drawing]:
+def _drawing(spec: str | Path, collapse: int | None = None) -> tuple[Graph, Drawing]:
     graph = load_program(str(spec)).graph
     return graph, layout(graph, block_names(str(spec), graph), collapse)
 
@@ -45,16 +45,16 @@ def _rect(box) -> tuple[float, float, float, float]:
 
 
 @pytest.mark.parametrize("spec", MODEL_SPECS, ids=lambda p: str(p.relative_to(ROOT)))
-@pytest.mark.parametrize("collapse", [False, True], ids=["groups", "collapsed"])
-def test_layout_geometry(spec: Path, collapse: bool) -> None:
+@pytest.mark.parametrize("collapse", [None, INNERMOST, 1], ids=["groups", "innermost", "outermost"])
+def test_layout_geometry(spec: Path, collapse: int | None) -> None:
     _check_geometry(*_drawing(spec, collapse), collapse)
 
 
-def _check_geometry(graph: Graph, drawing: Drawing, collapse: bool) -> None:
+def _check_geometry(graph: Graph, drawing: Drawing, collapse: int | None) -> None:
     """Boxes inside the picture and apart, text inside boxes, edges downwards from box to box, frames
     around their members (and nested frames), and no other box inside a frame."""
     boxes = drawing.boxes
-    if not collapse:
+    if collapse is None:
         assert sorted(b.key for b in boxes) == sorted(n.name for n in graph.nodes)
     for box in boxes:
         assert box.x >= 0 and box.x + box.width <= drawing.width and box.y >= 0
@@ -144,11 +144,11 @@ def test_large_networks_stay_readable(text: str, params: int, instances: int, tm
     spec.write_text(text)
     graph, drawing = _drawing(spec)
     assert graph.trainable_params == params   # torchvision's count: the spec is the real network
-    _check_geometry(graph, drawing, collapse=False)
+    _check_geometry(graph, drawing, collapse=None)
     widest = max(b.width for b in drawing.boxes)
     assert drawing.width < 3 * widest + 200    # the main line stays straight: no drift across the page
     assert len([g for g in drawing.groups if g.depth == 0]) == instances
-    _, collapsed = _drawing(spec, collapse=True)
+    _, collapsed = _drawing(spec, collapse=INNERMOST)
     assert len(collapsed.boxes) == instances + len([n for n in graph.nodes if "." not in n.name])
     assert collapsed.height < drawing.height / 4
 
@@ -160,7 +160,7 @@ def test_blocks_are_labelled_groups_or_single_boxes() -> None:
     assert labels["residual_down1"] == "residual_down1: residual_down"
     assert {b.key for b in drawing.boxes if "residual1" in b.groups} == \
         {n.name for n in graph.nodes if n.name.startswith("residual1.")}
-    _, collapsed = _drawing("specs/resnet_cifar.cnn", collapse=True)
+    _, collapsed = _drawing("specs/resnet_cifar.cnn", collapse=INNERMOST)
     keys = [b.key for b in collapsed.boxes]
     assert not collapsed.groups
     assert "residual1" in keys and not any("." in k for k in keys)
@@ -170,7 +170,7 @@ def test_blocks_are_labelled_groups_or_single_boxes() -> None:
 
 
 def test_collapsing_keeps_the_frames_of_enclosing_blocks() -> None:
-    graph, drawing = _drawing("specs/se_cifar.cnn", collapse=True)
+    graph, drawing = _drawing("specs/se_cifar.cnn", collapse=INNERMOST)
     stages = {n.name.split(".")[0] for n in graph.nodes if "." in n.name}
     assert {g.key for g in drawing.groups} == stages
     gates = [b for b in drawing.boxes if b.family == "block"]
@@ -180,6 +180,20 @@ def test_collapsing_keeps_the_frames_of_enclosing_blocks() -> None:
         layers = [n for n in graph.nodes if n.name.startswith(box.key + ".")]
         assert box.detail.startswith("x".join(map(str, layers[-1].shape)))
     assert any(b.key.endswith(".conv1") for b in drawing.boxes)   # a stage's own layers stay boxes
+
+
+def test_collapsing_at_a_depth(tmp_path: Path, capsys) -> None:
+    graph, outer = _drawing("specs/se_cifar.cnn", collapse=1)
+    assert not outer.groups and {b.key for b in outer.boxes if b.family == "block"} == \
+        {n.name.split(".")[0] for n in graph.nodes if "." in n.name}
+    _, deep = _drawing("specs/se_cifar.cnn", collapse=2)
+    _, innermost = _drawing("specs/se_cifar.cnn", collapse=INNERMOST)
+    assert deep == innermost    # squeeze_excite, two deep, holds no other block
+    spec = str(ROOT / "specs/se_cifar.cnn")
+    assert main(["draw", spec, "-o", str(tmp_path / "a.svg"), "--collapse-blocks", "1"]) == 0
+    assert (tmp_path / "a.svg").read_text() == to_svg(outer)
+    assert main(["draw", spec, "-o", str(tmp_path / "b.svg"), "--collapse-blocks", "-1"]) == 2
+    assert "a depth of 1 or more" in capsys.readouterr().err
 
 
 def test_branches_and_merges() -> None:
@@ -213,8 +227,8 @@ def _hex(colour: str) -> tuple[int, int, int]:
 
 
 @pytest.mark.parametrize("spec", RENDERED)
-@pytest.mark.parametrize("collapse", [False, True], ids=["groups", "collapsed"])
-def test_rendered_picture(spec: str, collapse: bool) -> None:
+@pytest.mark.parametrize("collapse", [None, INNERMOST], ids=["groups", "collapsed"])
+def test_rendered_picture(spec: str, collapse: int | None) -> None:
     _, drawing = _drawing(ROOT / spec, collapse)
     svg = to_svg(drawing)
     full = _render(svg, ".title, .group-label { display: none }")
@@ -273,7 +287,7 @@ def test_svg_is_wellformed_and_png_is_an_image(tmp_path: Path, monkeypatch: pyte
     assert root.tag == "{http://www.w3.org/2000/svg}svg"
     assert main(["draw", "specs/resnet_cifar.cnn", "-o", str(tmp_path / "net.png"), "--collapse-blocks"]) == 0
     picture = Image.open(tmp_path / "net.png")
-    _, collapsed = _drawing(ROOT / "specs/resnet_cifar.cnn", collapse=True)
+    _, collapsed = _drawing(ROOT / "specs/resnet_cifar.cnn", collapse=INNERMOST)
     assert picture.format == "PNG" and picture.size == (round(collapsed.width), round(collapsed.height))
     assert main(["draw", "specs/xo.cnn", "-o", str(tmp_path / "pic"), "--format", "png"]) == 0
     assert Image.open(tmp_path / "pic").format == "PNG"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+INNERMOST = 0   # --collapse-blocks without a depth (tools/layout.py reads 0 so)
+
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     fmt = subparsers.add_parser("fmt", help="format .cnn files in place (canonical layout; comments kept)")
@@ -19,7 +21,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     draw.add_argument("-o", "--output", metavar="FILE", required=True, help="the picture: FILE.svg or FILE.png")
     draw.add_argument("--format", choices=("svg", "png"), default=None,
                       help="the picture's format (default: from the file's suffix)")
-    draw.add_argument("--collapse-blocks", action="store_true", help="draw each innermost block instance as one box, inside the frames of the blocks around it")
+    draw.add_argument("--collapse-blocks", nargs="?", type=int, const=INNERMOST, default=None, metavar="DEPTH",
+                      help="draw block instances as single boxes: the innermost ones (those holding no other), "
+                           "or those nested DEPTH deep (1: the outermost); the frames around them stay")
     draw.set_defaults(handler=run_draw)
 
     lsp = subparsers.add_parser("lsp", help="run the language server (LSP over stdin and stdout) for editors")
@@ -35,6 +39,10 @@ def run_fmt(args: argparse.Namespace) -> int:
 def run_draw(args: argparse.Namespace) -> int:
     from cnnc.tools.draw import draw_file
 
+    if args.collapse_blocks is not None and args.collapse_blocks < 0:
+        from cnnc.errors import UsageError
+
+        raise UsageError("--collapse-blocks takes a depth of 1 or more (or none, for the innermost blocks)")
     draw_file(args.spec, args.output, args.collapse_blocks, args.format)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0

@@ -49,7 +49,7 @@ TEXT = "#1d1d1d"
 EDGE = "#555555"
 
 
-def draw_file(spec: str, output: str, collapse_blocks: bool = False, image_format: str | None = None) -> None:
+def draw_file(spec: str, output: str, collapse_blocks: int | None = None, image_format: str | None = None) -> None:
     from cnnc.compiler.check import load_program
     from cnnc.files import replacing
 

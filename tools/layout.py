@@ -4,7 +4,7 @@ Layers come from the longest path from the input; an edge that spans several lay
 of invisible waypoints, so that it is routed between boxes rather than through them. The order
 within a layer is refined by barycentre sweeps that keep the members of a block instance next to
 each other; x positions are the closest to each box's neighbours that keep boxes apart (isotonic
-regression). Block instances become labelled groups, or single boxes with `collapse_blocks`.
+regression). Block instances become labelled groups, or single boxes with `collapse`.
 """
 
 from __future__ import annotations
@@ -93,12 +93,16 @@ class _Item:
     is_waypoint: bool = False
 
 
-def layout(graph: Graph, block_names: dict[str, str] | None = None, collapse_blocks: bool = False) -> Drawing:
+INNERMOST = 0
+
+
+def layout(graph: Graph, block_names: dict[str, str] | None = None, collapse: int | None = None) -> Drawing:
     """`block_names` maps a block instance (a node-name prefix such as "residual1") to the block it
-    instantiates, for the group labels."""
+    instantiates, for the group labels. `collapse` draws block instances as single boxes: None none,
+    INNERMOST those that hold no other instance, N those nested N deep (1: the outermost)."""
     block_names = block_names or {}
     dead = {node.name for node in dead_nodes(graph)}
-    boxes, inputs = _boxes(graph, dead, block_names, collapse_blocks)
+    boxes, inputs = _boxes(graph, dead, block_names, collapse)
     items = {key: _Item(key, box.width, box.height, box.groups) for key, box in boxes.items()}
     order = list(boxes)
     _assign_layers(items, order, inputs)
@@ -117,15 +121,20 @@ def layout(graph: Graph, block_names: dict[str, str] | None = None, collapse_blo
 # --- boxes -------------------------------------------------------------------------------------------
 
 def _boxes(graph: Graph, dead: set[str], block_names: dict[str, str],
-           collapse: bool) -> tuple[dict[str, Box], dict[str, list[str]]]:
-    """One box per node, or, when collapsing, per innermost block instance (one that holds no other:
-    the frames of the instances around it stay); and each box's inputs."""
+           collapse: int | None) -> tuple[dict[str, Box], dict[str, list[str]]]:
+    """One box per node, or per collapsed block instance (the frames of the instances around it
+    stay); and each box's inputs."""
     instances = {group for node in graph.nodes for group in _groups_of(node.name)}
     leaves = instances - {group.rsplit(".", 1)[0] for group in instances if "." in group}
     owner = {}
     for node in graph.nodes:
         groups = _groups_of(node.name)
-        owner[node.name] = groups[-1] if collapse and groups and groups[-1] in leaves else node.name
+        if collapse == INNERMOST:
+            owner[node.name] = groups[-1] if groups and groups[-1] in leaves else node.name
+        elif collapse is not None and len(groups) >= collapse:
+            owner[node.name] = groups[collapse - 1]
+        else:
+            owner[node.name] = node.name
     members: dict[str, list[Node]] = {}
     for node in graph.nodes:
         members.setdefault(owner[node.name], []).append(node)
