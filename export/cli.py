@@ -26,6 +26,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("-o", "--output", metavar="FILE", required=True, help="the ONNX file to write")
     export.add_argument("--outputs", choices=("logits", "probabilities"), default=None,
                         help="end the graph with logits or softmax probabilities (default: as the spec ends)")
+    export.add_argument("--input", dest="input_form", choices=("float32", "uint8"), default="float32",
+                        help="what the model takes: float32, a normalised N x C x H x W batch (default), or uint8, "
+                             "N x H x W x C pixels as decoded from image files, cast, scaled, normalised and "
+                             "transposed inside the graph")
+    export.add_argument("--top-k", type=int, default=None, metavar="K",
+                        help="also output the K best scores and their class indices (outputs 'top_k_scores', "
+                             "'top_k_indices'), best first")
     export.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                         help=f"ONNX opset, 13 or newer (default: {DEFAULT_OPSET})")
     export.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
@@ -52,13 +59,17 @@ def run_export(args: argparse.Namespace) -> int:
         raise UsageError(f"--opset must be 13 or newer, got {args.opset}")
     if not args.tolerance > 0:
         raise UsageError(f"--tolerance must be positive, got {args.tolerance:g}")
+    if args.top_k is not None and args.top_k < 1:
+        raise UsageError(f"--top-k must be a positive integer, got {args.top_k}")
 
     from cnnc.export.exporter import export_checkpoint
     from cnnc.training.checkpoint import BEST, LAST, load_checkpoint
 
     checkpoint = load_checkpoint(source, BEST if args.best else LAST)
-    result = export_checkpoint(checkpoint, output, opset=args.opset, outputs=args.outputs, tolerance=args.tolerance)
+    result = export_checkpoint(checkpoint, output, opset=args.opset, outputs=args.outputs, tolerance=args.tolerance,
+                               input_form=args.input_form, top_k=args.top_k)
     print(result.report.summary(), file=sys.stderr)
-    print(f"wrote {result.path} ({result.size_bytes:,} bytes, opset {result.opset}, outputs {result.outputs})",
-          file=sys.stderr)
+    top_k = f", top {result.top_k} outputs" if result.top_k else ""
+    print(f"wrote {result.path} ({result.size_bytes:,} bytes, opset {result.opset}, input {result.input_form}, "
+          f"outputs {result.outputs}{top_k})", file=sys.stderr)
     return 0
