@@ -116,10 +116,17 @@ def set_metadata(model: onnx.ModelProto, entries: Mapping[str, str]) -> None:
     helper.set_model_props(model, merged)
 
 
-def minimal_ir_version(model: onnx.ModelProto) -> int:
-    """The lowest IR version that carries the model's opsets, so older runtimes (the onnxruntime
-    bindings apps ship) load it: tools that rewrite a model stamp their own newest version."""
-    return helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+def with_minimal_ir_version(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with only the opset imports its nodes use, stamped with the lowest IR version that
+    carries them, so that older runtimes (the onnxruntime bindings apps ship) load it: tools that
+    rewrite a model (onnxruntime's quantiser) import every domain they know and stamp their own
+    newest IR version."""
+    used = {node.domain or "" for node in model.graph.node} | {""}
+    kept = [opset for opset in model.opset_import if (opset.domain or "") in used]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+    model.ir_version = helper.find_min_ir_version_for(kept, ignore_unknown=True)
+    return model
 
 
 def _metadata(model: onnx.ModelProto) -> dict[str, str]:

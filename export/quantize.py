@@ -175,11 +175,11 @@ def _with_float_model_metadata(int8_path: Path, fp32_path: Path):
     allow (the quantiser writes its own newest, which the onnxruntime that apps ship may not read)."""
     import onnx
 
-    from cnnc.export.deploy import minimal_ir_version, set_metadata
+    from cnnc.export.deploy import set_metadata, with_minimal_ir_version
 
     model = onnx.load(int8_path)
     set_metadata(model, {prop.key: prop.value for prop in onnx.load(fp32_path).metadata_props})
-    model.ir_version = minimal_ir_version(model)
+    with_minimal_ir_version(model)
     onnx.save(model, int8_path)
     return model
 
