@@ -62,13 +62,14 @@ def with_uint8_input(model: onnx.ModelProto, preprocess: Mapping[str, Any] | Non
     constants = [numpy_helper.from_array(np.asarray(scale, np.float32), f"{original.name}/scale")]
     last = f"{original.name}/scaled"
     # x - 0 and x / 1 are exact in float32, so those steps are left out rather than computed.
-    for op, values, label in (("Sub", mean, "mean"), ("Div", std, "std")):
-        if all(value == (0.0 if op == "Sub" else 1.0) for value in values):
+    for op, values, identity, label, result in (("Sub", mean, 0.0, "mean", "centred"),
+                                                ("Div", std, 1.0, "std", "standardised")):
+        if all(value == identity for value in values):
             continue
-        constant = f"{original.name}/{label}"
+        constant, output = f"{original.name}/{label}", f"{original.name}/{result}"
         constants.append(numpy_helper.from_array(np.asarray(values, np.float32).reshape(1, -1, 1, 1), constant))
-        steps.append(helper.make_node(op, [last, constant], [f"{original.name}/{label}ed"], name=constant + "ed"))
-        last = f"{original.name}/{label}ed"
+        steps.append(helper.make_node(op, [last, constant], [output], name=f"{original.name}/{op.lower()}_{label}"))
+        last = output
     # The last step writes the original input's name, so the layers read it unchanged.
     steps[-1].output[0] = original.name
 

@@ -317,7 +317,36 @@ def test_predict_accepts_huge_finite_values_whose_sum_overflows(gray):
     batch = np.full((2, 1, 8, 8), 3e38, np.float32)
     with np.errstate(over="ignore"):
         assert not np.isfinite(batch.sum())
-    assert gray.predict(batch).shape[0] == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no overflow warning either
+        assert gray.predict(batch).shape[0] == 2
+
+
+@pytest.mark.parametrize("size", [*range(1, 70), 784, 3072, 196608])
+def test_the_finiteness_check_finds_nan_and_infinities_anywhere(size):
+    """Every position of short arrays (SIMD kernels treat the tail apart), spread positions of long ones."""
+    from cnnc.runtime.model import all_finite
+
+    values = np.random.default_rng(size).uniform(-3e38, 3e38, size).astype(np.float32)
+    assert all_finite(values)
+    positions = range(size) if size < 100 else np.random.default_rng(0).choice(size, 50, replace=False)
+    for position in positions:
+        for bad in (np.nan, np.inf, -np.inf):
+            broken = values.copy()
+            broken[position] = bad
+            assert not all_finite(broken), (size, position, bad)
+    both = values.copy()
+    both[[0, -1]] = (np.inf, -np.inf)  # inf + -inf is NaN: still caught
+    assert not all_finite(both)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")
+def test_predict_checks_what_it_runs_after_the_cast(gray):
+    """A float64 value beyond float32's range becomes inf in the batch that would run: rejected."""
+    batch = np.zeros((1, 1, 8, 8), np.float64)
+    batch[0, 0, 3, 3] = 1e300
+    with pytest.raises(CnncError, match=r"NaN or infinite values \(the first at index \(0, 0, 3, 3\): inf\)"):
+        gray.predict(batch)
 
 
 def test_probabilities_apply_softmax_to_logits(gray):
