@@ -322,6 +322,26 @@ def test_predict_accepts_huge_finite_values_whose_sum_overflows(gray):
         assert gray.predict(batch).shape[0] == 2
 
 
+def test_predict_takes_non_contiguous_and_other_float_batches(gray):
+    batch = reference_preprocess(random_images(6))
+    expected = gray.predict(batch)
+    np.testing.assert_array_equal(gray.predict(batch[::-1])[::-1], expected)  # a view with negative strides
+    np.testing.assert_array_equal(gray.predict(np.asfortranarray(batch)), expected)
+    np.testing.assert_array_equal(gray.predict(batch.astype(np.float64)), expected)
+    np.testing.assert_array_equal(gray.predict(batch.astype(">f4")), expected)  # big-endian: converted
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "view"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_every_path_of_predict_rejects_non_finite_values(gray, layout, bad):
+    batch = reference_preprocess(random_images(4))
+    batch[3, 0, 7, 7] = bad
+    if layout == "view":
+        batch = batch[::-1]  # now at index 0: a non-contiguous batch takes the same check
+    with pytest.raises(CnncError, match="NaN or infinite values"):
+        gray.predict(batch)
+
+
 @pytest.mark.parametrize("size", [*range(1, 70), 784, 3072, 196608])
 def test_the_finiteness_check_finds_nan_and_infinities_anywhere(size):
     """Every position of short arrays (SIMD kernels treat the tail apart), spread positions of long ones."""
