@@ -57,7 +57,7 @@ def with_uint8_input(model: onnx.ModelProto, preprocess: Mapping[str, Any] | Non
         helper.make_node("Cast", [f"{original.name}/nchw"], [f"{original.name}/float"], name=f"{original.name}/cast",
                          to=TensorProto.FLOAT),
         helper.make_node("Mul", [f"{original.name}/float", f"{original.name}/scale"], [f"{original.name}/scaled"],
-                         name=f"{original.name}/scale"),
+                         name=f"{original.name}/multiply_scale"),
     ]
     constants = [numpy_helper.from_array(np.asarray(scale, np.float32), f"{original.name}/scale")]
     last = f"{original.name}/scaled"
