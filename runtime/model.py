@@ -29,7 +29,9 @@ from cnnc.runtime.metadata import UINT8_INPUT, read_input_form, read_input_shape
 from cnnc.runtime.preprocess import Preprocessing
 from cnnc.runtime.providers import Optimization, ProviderChoice, create_session, session_options
 
-InputShape = tuple[int | None, int | None, int | None]  # (C, H, W); None where the model accepts any size
+InputShape = tuple[int | None, int | None, int | None]
+# predict's fast path looks these up on every call: module globals are found faster than attributes.
+_NDARRAY, _vdot, _isfinite = np.ndarray, np.vdot, math.isfinite  # (C, H, W); None where the model accepts any size
 
 
 @dataclass(frozen=True)
@@ -132,14 +134,14 @@ class Model:
         # few attribute reads and one BLAS pass (see all_finite), inline: a small model's whole call
         # takes ~30 us, and at batch 1 every Python call shows. Anything else, including every error,
         # takes the checked path, which converts, splits or explains.
-        if (
-            type(batch) is np.ndarray
-            and batch.dtype == self._ready_dtype
-            and batch.shape[1:] == self._ready_shape
-            and 0 < len(batch) <= self.batch_size
-            and (not self._floats or math.isfinite(np.vdot(batch, batch)))
-        ):
-            return self._run_session(self._output_names, {self.input_name: batch}, None)[0]
+        if type(batch) is _NDARRAY and batch.dtype is self._ready_dtype:  # builtin dtypes are singletons
+            shape = batch.shape
+            if (
+                shape[1:] == self._ready_shape
+                and 0 < shape[0] <= self.batch_size
+                and (not self._floats or _isfinite(_vdot(batch, batch)))
+            ):
+                return self._run_session(self._output_names, {self.input_name: batch}, None)[0]
         return self._predict_checked(batch)
 
     def _predict_checked(self, batch: np.ndarray) -> np.ndarray:
