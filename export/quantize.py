@@ -11,7 +11,8 @@
 4. Both models are evaluated on the test split and timed side by side (alternating bursts, batch 1
    and 64). When int8 loses more than `max_drop` accuracy points, nothing is written.
 5. The deployment forms (uint8 input, top-k outputs) are applied to the int8 model last, and checked
-   to leave its outputs unchanged; the report goes into its metadata (`cnnc.quantization`).
+   to leave its outputs unchanged; the report goes into its metadata (`cnnc.quantization`). The
+   other `cnnc.*` entries are the float model's: `cnnc.test_accuracy` stays the trained model's.
 """
 
 from __future__ import annotations
