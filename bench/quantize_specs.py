@@ -45,6 +45,7 @@ def main() -> int:
     parser.add_argument("--calibration", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--write", metavar="FILE")
+    parser.add_argument("--append", action="store_true", help="add a section to FILE instead of replacing it")
     args = parser.parse_args()
     load_start = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     rows = []
@@ -57,17 +58,18 @@ def main() -> int:
                 break
     load_end = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     if args.write:
-        write_markdown(Path(args.write), rows, " ".join(sys.argv), load_start, load_end)
+        write_markdown(Path(args.write), rows, " ".join(sys.argv), load_start, load_end, args.append)
         print(f"wrote {args.write}")
     return 0
 
 
-def write_markdown(path: Path, rows, command: str, load_start: str, load_end: str) -> None:
+def write_markdown(path: Path, rows, command: str, load_start: str, load_end: str, append: bool) -> None:
     import onnxruntime
 
     first = rows[0][2]
+    title = "## More runs" if append and path.exists() else "# int8 quantisation: accuracy, size and speed against fp32"
     lines = [
-        "# int8 quantisation: accuracy, size and speed against fp32", "",
+        title, "",
         f"Measured with `python {command}` (the method is in the script's docstring; `cnnc quantize` does the "
         "same per run).", "",
         f"- machine: {first.machine} (AVX2, no AVX-512 or VNNI)",
@@ -90,7 +92,10 @@ def write_markdown(path: Path, rows, command: str, load_start: str, load_end: st
     lines += ["", "A latency ratio above 1 means int8 is SLOWER than fp32 on this CPU."]
     if slower:
         lines.append(f"It is for: {', '.join(sorted(set(slower)))}.")
-    path.write_text("\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    if append and path.exists():
+        text = path.read_text() + "\n" + text
+    path.write_text(text)
 
 
 if __name__ == "__main__":
