@@ -19,9 +19,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from cnnc.constants import PIXEL_SCALE
 from cnnc.errors import CnncError
 from cnnc.runtime.metadata import INPUT_FORM_KEY, INPUT_LAYOUT_KEY, TOP_K_KEY, UINT8_INPUT
-from cnnc.runtime.preprocess import RAW_PIXEL_SCALE
 
 PIXELS_INPUT = "pixels"
 TOP_K_SCORES = "top_k_scores"
@@ -136,7 +136,7 @@ def _metadata(model: onnx.ModelProto) -> dict[str, str]:
 
 def _normalisation(preprocess: Mapping[str, Any] | None, channels: int) -> tuple[float, Sequence[float], Sequence[float]]:
     preprocess = preprocess or {}
-    scale = float(preprocess.get("scale", RAW_PIXEL_SCALE))
+    scale = float(preprocess.get("scale", PIXEL_SCALE))
     mean = [float(value) for value in np.atleast_1d(preprocess.get("mean", [0.0]))]
     std = [float(value) for value in np.atleast_1d(preprocess.get("std", [1.0]))]
     for label, values in (("mean", mean), ("std", std)):

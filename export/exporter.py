@@ -25,9 +25,15 @@ from typing import Any
 
 import numpy as np
 
+from cnnc.constants import DEFAULT_OPSET
 from cnnc.errors import CnncError
 from cnnc.export.parity import (
-    DEFAULT_BATCH_SIZES, DEFAULT_TOLERANCE, ParityReport, first_divergence, run_gate, top_k_problem,
+    DEFAULT_BATCH_SIZES,
+    DEFAULT_TOLERANCE,
+    ParityReport,
+    first_divergence,
+    run_gate,
+    top_k_problem,
 )
 from cnnc.files import replacing
 from cnnc.runtime.metadata import FLOAT_INPUT, INPUT_FORMS, UINT8_INPUT
@@ -73,7 +79,7 @@ def export_checkpoint(
     from cnnc.compiler.passes import output_kind, with_outputs
     from cnnc.export.deploy import with_top_k, with_uint8_input
 
-    opset = backend.DEFAULT_OPSET if opset is None else opset
+    opset = DEFAULT_OPSET if opset is None else opset
     backend.check_opset(opset)
     if not tolerance > 0:
         raise CnncError(f"the tolerance must be positive, got {tolerance}")

@@ -9,7 +9,6 @@ import numpy as np
 import onnx
 import pytest
 from PIL import Image
-
 from test_export import make_run
 from test_onnx_support import ROOT
 

@@ -15,7 +15,6 @@ import subprocess
 import numpy as np
 import pytest
 from PIL import Image
-
 from test_export import make_run
 from test_onnx_support import ROOT
 
