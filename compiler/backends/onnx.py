@@ -92,7 +92,7 @@ def to_onnx(
 
     weights: PyTorch state_dict names -> float arrays (a trained model's; extra entries such as
         `num_batches_tracked` are ignored); None: the documented initial weights for `seed`.
-    outputs: None (as the spec ends), "logits" or "probabilities" (see onnx_outputs.with_outputs).
+    outputs: None (as the spec ends), "logits" or "probabilities" (see compiler.passes.with_outputs).
     labels, preprocess, dataset, test_accuracy: what a trained model's checkpoint adds to the
         metadata (see metadata_props); by default the spec's own.
     """
