@@ -123,8 +123,10 @@ def measure(spec: Path, folder: Path, args: argparse.Namespace) -> list[tuple[st
         pixels = np.random.default_rng(1).integers(0, 256, (1, channels, height, width), dtype=np.uint8)
         x = model.preprocess(pixels)
         feed, names, session = {model.input_name: x}, [model.output_name], model.session
-        times = interleaved([lambda: model.predict(x), lambda: session.run(None, feed),
-                             lambda: session._sess.run(names, feed, None)], args.rounds, args.calls)
+        times = interleaved([lambda model=model, x=x: model.predict(x),
+                             lambda session=session, feed=feed: session.run(None, feed),
+                             lambda session=session, names=names, feed=feed: session._sess.run(names, feed, None)],
+                            args.rounds, args.calls)
         results.append((form, summary(*times)))
     return results
 

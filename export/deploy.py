@@ -134,7 +134,8 @@ def _metadata(model: onnx.ModelProto) -> dict[str, str]:
     return {prop.key: prop.value for prop in model.metadata_props}
 
 
-def _normalisation(preprocess: Mapping[str, Any] | None, channels: int) -> tuple[float, Sequence[float], Sequence[float]]:
+def _normalisation(preprocess: Mapping[str, Any] | None,
+                   channels: int) -> tuple[float, Sequence[float], Sequence[float]]:
     preprocess = preprocess or {}
     scale = float(preprocess.get("scale", PIXEL_SCALE))
     mean = [float(value) for value in np.atleast_1d(preprocess.get("mean", [0.0]))]

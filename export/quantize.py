@@ -74,7 +74,8 @@ class QuantizationReport:
         ]
         for batch, ratio in self.latency_ratio.items():
             verdict = "int8 is SLOWER than fp32 on this CPU" if ratio > 1 else "int8 is faster"
-            lines.append(f"latency at batch {batch}: fp32 {self.fp32_ms[batch]:.3f} ms, int8 {self.int8_ms[batch]:.3f} ms "
+            lines.append(f"latency at batch {batch}: fp32 {self.fp32_ms[batch]:.3f} ms, "
+                         f"int8 {self.int8_ms[batch]:.3f} ms "
                          f"(int8/fp32 {ratio:.2f}: {verdict})")
         lines.append(f"calibrated on {self.calibration_images} training images (seed {self.seed}); timed on "
                      f"{self.machine}, onnxruntime {self.onnxruntime}")
@@ -202,7 +203,8 @@ def _measure(fp32_path: Path, int8_path: Path, int8_model, test: Any, *, calibra
         fp32_ms[str(batch_size)], int8_ms[str(batch_size)] = timed_side_by_side(fp32, int8, batch_size, rounds)
     return QuantizationReport(
         fp32_accuracy=fp32_accuracy, int8_accuracy=int8_accuracy, test_images=len(test), calibration_images=calibration,
-        seed=seed, max_drop=max_drop, fp32_bytes=fp32_path.stat().st_size, int8_bytes=len(int8_model.SerializeToString()),
+        seed=seed, max_drop=max_drop, fp32_bytes=fp32_path.stat().st_size,
+        int8_bytes=len(int8_model.SerializeToString()),
         latency_ratio={batch: int8_ms[batch] / fp32_ms[batch] for batch in fp32_ms},
         fp32_ms=fp32_ms, int8_ms=int8_ms, machine=_machine(), onnxruntime=onnxruntime.__version__,
     )

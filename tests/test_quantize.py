@@ -104,7 +104,7 @@ def test_the_uint8_form_of_the_int8_model(run_dir, quantized, tmp_path, capsys):
     output = tmp_path / "tiny.int8.u8.onnx"
     assert main(["quantize", str(run_dir), "-o", str(output), *QUICK, "--input", "uint8", "--top-k", "3"]) == 0
     capsys.readouterr()
-    deployed, plain = Model.load(output, provider="cpu"), Model.load(plain_path, provider="cpu")
+    deployed = Model.load(output, provider="cpu")
     assert deployed.input_form == "uint8" and deployed.session.get_outputs()[2].name == "top_k_indices"
     files = []
     for index, image in enumerate(np.random.default_rng(3).integers(0, 256, (3, 28, 28), dtype=np.uint8)):
