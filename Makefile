@@ -36,8 +36,9 @@ test: setup lint
 TYPECHECK := build/typecheck
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/cnnc fmt --check specs
 	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/cnnc
-	for stage in dsl compiler datasets training export runtime; do ln -s ../../../$$stage $(TYPECHECK)/cnnc/$$stage; done
+	for stage in dsl compiler datasets training export runtime tools; do ln -s ../../../$$stage $(TYPECHECK)/cnnc/$$stage; done
 	for file in cnnc/*.py; do ln -s ../../../$$file $(TYPECHECK)/cnnc/; done
 	cd $(TYPECHECK) && ../../$(BIN)/mypy --config-file ../../pyproject.toml -p cnnc
 

@@ -168,8 +168,8 @@ def measure(specs: list[Path], folder: Path, threads: int, rounds: int, seconds:
         model = Model.load(path, provider="cpu", threads=threads)
         x1 = np.random.default_rng(1).standard_normal((1, *program.graph.input.shape)).astype(np.float32)
         feed = {model.input_name: x1}
-        t_predict, t_bare = alternate(lambda: model.predict(x1), lambda: model.session.run(None, feed),
-                                      rounds, seconds)
+        t_predict, t_bare = alternate(lambda model=model, x1=x1: model.predict(x1),
+                                      lambda model=model, feed=feed: model.session.run(None, feed), rounds, seconds)
         overhead_rows.append((spec.stem, t_bare, t_predict))
         print(f"{spec.stem:16s} runtime overhead at batch 1: session.run {t_bare * 1e6:8.1f} us  "
               f"Model.predict {t_predict * 1e6:8.1f} us  ({(t_predict / t_bare - 1) * 100:+.1f}%)", flush=True)

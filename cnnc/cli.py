@@ -23,6 +23,7 @@ STAGE_CLIS = (
     "cnnc.training.cli",
     "cnnc.export.cli",
     "cnnc.runtime.cli",
+    "cnnc.tools.cli",
 )
 
 

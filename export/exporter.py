@@ -10,6 +10,9 @@
    the same weights on the same inputs. Only when they agree is the file moved into place
    (os.replace), so a failed export leaves nothing behind, and an existing file is untouched.
    When they disagree, the first diverging layer is named in the error.
+4. Deployment forms (export.deploy), applied before the gate so that it checks them: `input_form`
+   "uint8" moves the preprocessing into the graph (uint8 N x H x W x C pixels in), `top_k` adds
+   the k best scores and their class indices as outputs 1 and 2.
 """
 
 from __future__ import annotations
@@ -22,9 +25,18 @@ from typing import Any
 
 import numpy as np
 
+from cnnc.constants import DEFAULT_OPSET
 from cnnc.errors import CnncError
-from cnnc.export.parity import DEFAULT_BATCH_SIZES, DEFAULT_TOLERANCE, ParityReport, first_divergence, run_gate
+from cnnc.export.parity import (
+    DEFAULT_BATCH_SIZES,
+    DEFAULT_TOLERANCE,
+    ParityReport,
+    first_divergence,
+    run_gate,
+    top_k_problem,
+)
 from cnnc.files import replacing
+from cnnc.runtime.metadata import FLOAT_INPUT, INPUT_FORMS, UINT8_INPUT
 
 Tamper = Callable[[Any], None]  # a test hook: changes each onnx.ModelProto before it is used
 
@@ -44,6 +56,8 @@ class ExportResult:
     outputs: str        # what the graph ends with: "logits" or "probabilities"
     opset: int
     size_bytes: int
+    input_form: str = "float32"     # or "uint8": pixels in, preprocessing in the graph
+    top_k: int | None = None
 
 
 def export_checkpoint(
@@ -56,16 +70,21 @@ def export_checkpoint(
     batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
     seed: int = 0,
     tamper: Tamper | None = None,
+    input_form: str = FLOAT_INPUT,
+    top_k: int | None = None,
 ) -> ExportResult:
     """Export a training.checkpoint.Checkpoint (anything with its model_state, spec_path, sources,
     classes, preprocess, dataset and test_accuracy) to `output`, behind the parity gate."""
     from cnnc.compiler.backends import onnx as backend
     from cnnc.compiler.passes import output_kind, with_outputs
+    from cnnc.export.deploy import with_top_k, with_uint8_input
 
-    opset = backend.DEFAULT_OPSET if opset is None else opset
+    opset = DEFAULT_OPSET if opset is None else opset
     backend.check_opset(opset)
     if not tolerance > 0:
         raise CnncError(f"the tolerance must be positive, got {tolerance}")
+    if input_form not in INPUT_FORMS:
+        raise CnncError(f"the input form must be one of {', '.join(INPUT_FORMS)}, got {input_form!r}")
     program = program_of(checkpoint)
     weights = {name: _numpy(value) for name, value in checkpoint.model_state.items()}
     preprocess = dict(checkpoint.preprocess) if getattr(checkpoint, "preprocess", None) else None
@@ -74,6 +93,11 @@ def export_checkpoint(
         preprocess=preprocess, dataset=getattr(checkpoint, "dataset", None) or None,
         test_accuracy=getattr(checkpoint, "test_accuracy", None),
     )
+    uint8_input = input_form == UINT8_INPUT
+    if uint8_input:
+        with_uint8_input(model, preprocess)
+    if top_k is not None:
+        with_top_k(model, top_k)
     if tamper is not None:
         tamper(model)
     graph = with_outputs(program.graph, outputs)
@@ -85,17 +109,26 @@ def export_checkpoint(
             file.write(backend.serialize(model))
         session = _session(temporary)
         input_name = session.get_inputs()[0].name
+        top_k_problems: list[str] = []
+
+        def run_onnx(x: np.ndarray) -> np.ndarray:
+            values = session.run(None, {input_name: x})
+            if top_k is not None:
+                top_k_problems.append(top_k_problem(*values[:3]) or "")
+            return values[0]
+
         report, failing = run_gate(
-            graph,
-            lambda x: session.run(None, {input_name: x})[0],
-            lambda x: _run_torch(module, x),
-            tolerance=tolerance, batch_sizes=batch_sizes, preprocess=preprocess, seed=seed,
+            graph, run_onnx, lambda x: _run_torch(module, x),
+            tolerance=tolerance, batch_sizes=batch_sizes, preprocess=preprocess, seed=seed, uint8_input=uint8_input,
         )
         if not report.passed:
             assert failing is not None  # the gate returns the failing batch with a failed report
             report = _diagnose(report, program, graph, weights, module, failing, opset, outputs, tamper)
-            raise ParityError(_failure_message(report), report)
-    return ExportResult(output, report, output_kind(graph), opset, output.stat().st_size)
+            raise ParityError(_failure_message(report, uint8_input), report)
+        if any(top_k_problems):
+            raise ParityError(f"the exported model's top-k outputs are wrong: {next(p for p in top_k_problems if p)}; nothing was "
+                              "written", report)
+    return ExportResult(output, report, output_kind(graph), opset, output.stat().st_size, input_form, top_k)
 
 
 def program_of(checkpoint: Any):
@@ -160,7 +193,7 @@ def _diagnose(report: ParityReport, program, graph, weights, module, x: np.ndarr
     return dataclasses.replace(report, first_divergence=divergence)
 
 
-def _failure_message(report: ParityReport) -> str:
+def _failure_message(report: ParityReport, uint8_input: bool = False) -> str:
     lines = [f"the exported model does not match the PyTorch model: {report.summary()} "
              f"(first failing batch of {report.failing_batch})"]
     divergence = report.first_divergence
@@ -168,6 +201,10 @@ def _failure_message(report: ParityReport) -> str:
         lines.append(f"the first layer whose outputs diverge is '{divergence.layer}' ({divergence.op} at "
                      f"{divergence.where}): max abs diff {divergence.difference.max_abs:.3g}, "
                      f"max rel diff {divergence.difference.max_rel:.3g}")
+    elif uint8_input:
+        lines.append("every layer of the float graph agrees on its own: the in-graph preprocessing of the uint8 "
+                     "input (transpose, cast, scale, normalisation), or a difference building up across layers, "
+                     "is the cause")
     else:
         lines.append("every layer agrees on its own: the difference builds up across layers; "
                      "a larger --tolerance may be appropriate")

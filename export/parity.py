@@ -5,6 +5,11 @@ when |onnx - torch| <= tolerance * max(1, |torch|): an absolute tolerance for va
 magnitude, a relative one above (logits can be large). When they disagree, a diagnostic model that
 exposes every layer's output (onnx.layer_probe) is compared with the module's `forward_all`, layer
 by layer in graph order, and the first layer that disagrees is named.
+
+A model that takes uint8 pixels (export.deploy.with_uint8_input) gets random pixels, N x H x W x C,
+while PyTorch gets the same pixels preprocessed as the runtime does it for the float model; so the
+gate covers the in-graph preprocessing too. A model with top-k outputs must report, on every input,
+the k best of its own scores, in order.
 """
 
 from __future__ import annotations
@@ -70,6 +75,12 @@ class ParityReport:
                 f"max rel diff {self.difference.max_rel:.3g} {verdict} tolerance {self.tolerance:g}")
 
 
+def gate_pixels(input_shape: Sequence[int], batch_size: int, seed: int) -> np.ndarray:
+    """Random uint8 pixels, N x C x H x W."""
+    rng = np.random.default_rng([seed, batch_size])
+    return rng.integers(0, 256, size=(batch_size, *input_shape), dtype=np.uint8)
+
+
 def gate_inputs(input_shape: Sequence[int], batch_size: int, preprocess: Mapping | None, seed: int) -> np.ndarray:
     """Realistic inputs: uniform random pixels, preprocessed as the model expects its images."""
     rng = np.random.default_rng([seed, batch_size])
@@ -90,16 +101,51 @@ def run_gate(
     batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
     preprocess: Mapping | None = None,
     seed: int = 0,
+    uint8_input: bool = False,
 ) -> tuple[ParityReport, np.ndarray | None]:
-    """Compare the two on every batch size; returns the report and, on failure, the failing input."""
+    """Compare the two on every batch size; returns the report and, on failure, the failing input
+    (the float batch PyTorch ran). With `uint8_input`, run_onnx is given uint8 N x H x W x C pixels."""
     total = Difference(0.0, 0.0)
     for size in batch_sizes:
-        x = gate_inputs(graph.input.shape, size, preprocess, seed)
-        difference = Difference.between(run_onnx(x), run_torch(x))
+        if uint8_input:
+            pixels = gate_pixels(graph.input.shape, size, seed)
+            x = preprocessing_of(preprocess).apply(pixels)
+            onnx_values = run_onnx(np.ascontiguousarray(pixels.transpose(0, 2, 3, 1)))
+        else:
+            x = gate_inputs(graph.input.shape, size, preprocess, seed)
+            onnx_values = run_onnx(x)
+        difference = Difference.between(onnx_values, run_torch(x))
         total = total.combine(difference)
         if not difference.within(tolerance):
             return ParityReport(tuple(batch_sizes), tolerance, total, failing_batch=size), x
     return ParityReport(tuple(batch_sizes), tolerance, total), None
+
+
+def preprocessing_of(preprocess: Mapping | None):
+    """The runtime's preprocessing for a float model with these statistics: the reference that the
+    in-graph preprocessing must reproduce."""
+    from cnnc.runtime.preprocess import Preprocessing
+
+    if not preprocess:
+        return Preprocessing()
+    return Preprocessing(scale=float(preprocess.get("scale", 1 / 255)),
+                         mean=tuple(float(m) for m in np.atleast_1d(preprocess.get("mean", [0.0]))),
+                         std=tuple(float(s) for s in np.atleast_1d(preprocess.get("std", [1.0]))))
+
+
+def top_k_problem(scores: np.ndarray, top_scores: np.ndarray, top_indices: np.ndarray) -> str | None:
+    """Why the top-k outputs are not the k best of `scores`, best first (None when they are)."""
+    k = top_scores.shape[1]
+    if top_indices.shape != top_scores.shape or top_scores.shape != (len(scores), k):
+        return f"top-k outputs of shapes {top_scores.shape} and {top_indices.shape} for scores of shape {scores.shape}"
+    if not np.array_equal(np.take_along_axis(scores, top_indices, axis=1), top_scores):
+        return "the top-k scores are not the scores at the top-k indices"
+    expected = -np.sort(-scores, axis=1)[:, :k]
+    if not np.array_equal(top_scores, expected):
+        return "the top-k scores are not the k highest scores, highest first"
+    if any(len(set(row)) != k for row in top_indices.tolist()):
+        return "the top-k indices repeat a class"
+    return None
 
 
 def first_divergence(

@@ -17,8 +17,14 @@ INPUT_SHAPE_KEY = "cnnc.input_shape"
 PREPROCESS_KEY = "cnnc.preprocess"
 OUTPUT_KEY = "cnnc.output"
 DATASET_KEY = "cnnc.dataset"
+INPUT_FORM_KEY = "cnnc.input"          # "uint8": pixels in, preprocessing in the graph; absent: "float32"
+INPUT_LAYOUT_KEY = "cnnc.input_layout"
+TOP_K_KEY = "cnnc.top_k"               # the graph also outputs the k best scores and their indices
+QUANTIZATION_KEY = "cnnc.quantization"
 
 OUTPUT_KINDS = ("logits", "probabilities")
+FLOAT_INPUT, UINT8_INPUT = "float32", "uint8"
+INPUT_FORMS = (FLOAT_INPUT, UINT8_INPUT)
 
 
 def read_json(metadata: Mapping[str, str], key: str) -> Any:
@@ -60,3 +66,12 @@ def read_output_kind(metadata: Mapping[str, str]) -> str:
     if kind not in OUTPUT_KINDS:
         raise CnncError(f"model metadata '{OUTPUT_KEY}' must be one of {', '.join(OUTPUT_KINDS)}, not {kind!r}")
     return kind
+
+
+def read_input_form(metadata: Mapping[str, str]) -> str:
+    """'float32' (a normalised float32 N x C x H x W batch) unless the model says 'uint8' (raw
+    N x H x W x C pixels, preprocessed inside the graph)."""
+    form = metadata.get(INPUT_FORM_KEY, FLOAT_INPUT)
+    if form not in INPUT_FORMS:
+        raise CnncError(f"model metadata '{INPUT_FORM_KEY}' must be one of {', '.join(INPUT_FORMS)}, not {form!r}")
+    return form

@@ -4,6 +4,11 @@ A model without cnnc metadata (exported by another tool) loads and predicts like
 `classify` then maps pixels [0, 255] to [0, 1] only, treats the output as logits, and labels
 classes by their index ("0", "1", ...).
 
+A model takes one of two input forms (metadata `cnnc.input`): a normalised float32 N x C x H x W
+batch (the default), or uint8 N x H x W x C pixels that the graph itself casts, scales, normalises
+and transposes (`cnnc export --input uint8`). `preprocess` produces, and `predict` takes, the
+model's own form; `classify` handles both.
+
 A Model holds no mutable state: onnxruntime's `InferenceSession.run` is thread-safe, so one Model
 can serve many threads at once.
 """
@@ -11,6 +16,7 @@ can serve many threads at once.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,11 +25,13 @@ import onnxruntime as ort
 
 from cnnc.errors import CnncError
 from cnnc.runtime.images import ImageInput, image_batch
-from cnnc.runtime.metadata import read_input_shape, read_labels, read_output_kind
+from cnnc.runtime.metadata import UINT8_INPUT, read_input_form, read_input_shape, read_labels, read_output_kind
 from cnnc.runtime.preprocess import Preprocessing
 from cnnc.runtime.providers import Optimization, ProviderChoice, create_session, session_options
 
-InputShape = tuple[int | None, int | None, int | None]  # (C, H, W); None where the model accepts any size
+InputShape = tuple[int | None, int | None, int | None]
+# predict's fast path looks these up on every call: module globals are found faster than attributes.
+_NDARRAY, _vdot, _isfinite = np.ndarray, np.vdot, math.isfinite  # (C, H, W); None where the model accepts any size
 
 
 @dataclass(frozen=True)
@@ -46,11 +54,33 @@ class Model:
     input_shape: InputShape
     labels: tuple[str, ...]  # class names, or class indices as strings when the model has none
     output_kind: str  # "logits" or "probabilities"
+    input_form: str  # "float32" (normalised N x C x H x W) or "uint8" (N x H x W x C pixels)
     batch_size: int
     metadata: dict[str, str] = field(repr=False)
     preprocessing: Preprocessing = field(repr=False)
     session: ort.InferenceSession = field(repr=False)
     output_name: str = field(repr=False)
+    # For predict's fast path, set from the fields above: the dtype and per-sample shape of a batch
+    # that runs as it is (shape None: some size is free, so every batch takes the checked path),
+    # whether its values need the finiteness check, and the session's run.
+    _ready_dtype: np.dtype = field(init=False, repr=False)
+    _ready_shape: tuple[int, ...] | None = field(init=False, repr=False)
+    _floats: bool = field(init=False, repr=False)
+    _run_session: Callable[..., list] = field(init=False, repr=False)
+    _output_names: list[str] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        channels, height, width = self.input_shape
+        pixels = self.input_form == UINT8_INPUT
+        shape = (height, width, channels) if pixels else (channels, height, width)
+        object.__setattr__(self, "_ready_dtype", np.dtype(np.uint8 if pixels else np.float32))
+        object.__setattr__(self, "_ready_shape", None if None in shape or self.provider == "cuda" else shape)
+        object.__setattr__(self, "_floats", not pixels)
+        # InferenceSession.run re-validates the feed's names in Python on every call, which costs as
+        # much as all of predict's checks; the feed built here is right by construction, so the
+        # binding's own run is called (it still checks each input's type and shape, in C++).
+        object.__setattr__(self, "_run_session", getattr(self.session, "_sess", self.session).run)
+        object.__setattr__(self, "_output_names", [self.output_name])
 
     @classmethod
     def load(
@@ -76,7 +106,8 @@ class Model:
         session, running_on = create_session(path, provider, session_options(threads, optimization), fallback)
         metadata = dict(session.get_modelmeta().custom_metadata_map)
         try:
-            input_name, input_shape, output_name, classes = _signature(session, metadata)
+            input_form = read_input_form(metadata)
+            input_name, input_shape, output_name, classes = _signature(session, metadata, input_form)
             labels = _labels(metadata, classes)
             return cls(
                 path=str(path),
@@ -85,6 +116,7 @@ class Model:
                 input_shape=input_shape,
                 labels=labels,
                 output_kind=read_output_kind(metadata),
+                input_form=input_form,
                 batch_size=batch_size,
                 metadata=metadata,
                 preprocessing=Preprocessing.from_metadata(metadata, input_shape[0]),
@@ -95,15 +127,32 @@ class Model:
             raise CnncError(f"{path}: {error}") from None
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """The model's raw output (N, classes) for a preprocessed float batch (N, C, H, W)."""
-        batch = self._checked_float_batch(batch)
+        """The model's raw output (N, classes) for a batch in the model's input form: preprocessed
+        float32 (N, C, H, W), or for a uint8-input model uint8 pixels (N, H, W, C). `preprocess`
+        makes either from images."""
+        # The common case, a batch of the model's dtype and size that fits one run, is decided in a
+        # few attribute reads and one BLAS pass (see all_finite), inline: a small model's whole call
+        # takes ~30 us, and at batch 1 every Python call shows. Anything else, including every error,
+        # takes the checked path, which converts, splits or explains.
+        if type(batch) is _NDARRAY and batch.dtype is self._ready_dtype:  # builtin dtypes are singletons
+            shape = batch.shape
+            if (
+                shape[1:] == self._ready_shape
+                and 0 < shape[0] <= self.batch_size
+                and (not self._floats or _isfinite(_vdot(batch, batch)))
+            ):
+                return self._run_session(self._output_names, {self.input_name: batch}, None)[0]
+        return self._predict_checked(batch)
+
+    def _predict_checked(self, batch: np.ndarray) -> np.ndarray:
+        batch = self._checked_float_batch(batch) if self._floats else self._checked_pixels(batch)
         if len(batch) <= self.batch_size:
             return self._run(batch)
         chunks = range(0, len(batch), self.batch_size)
         return np.concatenate([self._run(batch[start : start + self.batch_size]) for start in chunks])
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, classes) for a preprocessed float batch (N, C, H, W)."""
+        """Class probabilities (N, classes) for a batch in the model's input form (see predict)."""
         output = self.predict(batch)
         if output.ndim != 2:  # a model from elsewhere whose output is not (N, classes)
             raise CnncError(f"{self.path} outputs a {output.ndim}-dimensional tensor of shape {output.shape}; "
@@ -111,7 +160,7 @@ class Model:
         return softmax(output) if self.output_kind == "logits" else output
 
     def preprocess(self, images: ImageInput) -> np.ndarray:
-        """The float32 NCHW batch the model takes, from images in any form `classify` accepts."""
+        """The batch the model takes (see predict), from images in any form `classify` accepts."""
         return self._image_batch(images)[1]
 
     def classify(self, images: ImageInput, top_k: int = 1) -> list[Prediction]:
@@ -134,6 +183,8 @@ class Model:
         if channels is None:
             raise CnncError(f"{self.path} does not say how many channels its input has, so it cannot take images; use predict()")
         names, pixels = image_batch(images, (channels, height, width))
+        if self.input_form == UINT8_INPUT:
+            return names, np.ascontiguousarray(pixels.transpose(0, 2, 3, 1))
         return names, self.preprocessing.apply(pixels)
 
     def _label(self, index: int) -> str:
@@ -150,17 +201,26 @@ class Model:
         check_batch_shape(batch.shape, self.input_shape)
         # No copy when the batch already is float32 and C-contiguous, the common case.
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        # One reduction and no mask: a float64 sum of float32 values cannot overflow, so it is finite
-        # unless some value is NaN or infinite.
-        if not math.isfinite(batch.sum(dtype=np.float64)):
+        if not all_finite(batch):
             first = tuple(int(i) for i in np.argwhere(~np.isfinite(batch))[0])
             raise CnncError(f"the batch contains NaN or infinite values (the first at index {first}: {batch[first]})")
         return batch
 
+    def _checked_pixels(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.asarray(batch)
+        if batch.dtype != np.uint8:
+            raise CnncError(
+                f"{self.path} takes uint8 pixels (N, H, W, C), received dtype {batch.dtype}; "
+                "use classify() for image files, or preprocess() to turn images into the model's input"
+            )
+        channels, height, width = self.input_shape
+        check_batch_shape(batch.shape, (height, width, channels), layout="NHWC")
+        return np.ascontiguousarray(batch)
+
     def _run(self, batch: np.ndarray) -> np.ndarray:
         if self.provider == "cuda":
             return _run_with_io_binding(self.session, self.input_name, self.output_name, batch)
-        return self.session.run([self.output_name], {self.input_name: batch})[0]
+        return self._run_session(self._output_names, {self.input_name: batch}, None)[0]
 
 
 def _run_with_io_binding(session: ort.InferenceSession, input_name: str, output_name: str, batch: np.ndarray) -> np.ndarray:
@@ -173,20 +233,37 @@ def _run_with_io_binding(session: ort.InferenceSession, input_name: str, output_
     return binding.copy_outputs_to_cpu()[0]
 
 
-def check_batch_shape(shape: tuple[int, ...], expected: InputShape) -> None:
-    """Raise a CnncError naming the expected and received shapes unless `shape` is a non-empty (N, C, H, W)."""
-    problem = _shape_problem(shape, expected)
+def all_finite(batch: np.ndarray) -> bool:
+    """Whether no value of the float32 batch is NaN or infinite, exactly.
+
+    One BLAS pass, no temporary array (a fraction of the float64 sum's or min + max's time): the sum
+    of squares is finite only if every value is, since NaN and +-inf survive squaring and summing
+    and non-negative terms cannot cancel. Its one false alarm, an overflow (values beyond ~1.8e19),
+    is settled by the exact elementwise test. vdot rather than dot: it raises no floating-point
+    warning on that overflow.
+    """
+    return math.isfinite(np.vdot(batch, batch)) or bool(np.isfinite(batch).all())
+
+
+def check_batch_shape(shape: tuple[int, ...], expected: tuple[int | None, ...], layout: str = "NCHW") -> None:
+    """Raise a CnncError naming the expected and received shapes unless `shape` is a non-empty batch of
+    `expected` (C, H, W), or for layout NHWC (H, W, C)."""
+    problem = _shape_problem(shape, expected, layout)
     if problem:
         expected_text = f"(N, {', '.join('?' if size is None else str(size) for size in expected)})"
         raise CnncError(f"expected a batch of shape {expected_text}, received {tuple(shape)}: {problem}")
 
 
-def _shape_problem(shape: tuple[int, ...], expected: InputShape) -> str | None:
+def _shape_problem(shape: tuple[int, ...], expected: tuple[int | None, ...], layout: str) -> str | None:
     if len(shape) != 4:
         single = " (one image? add a batch axis: x[None])" if len(shape) == 3 else ""
         return f"{len(shape)} dimensions instead of 4{single}"
-    count, channels, height, width = shape
-    want_channels, want_height, want_width = expected
+    if layout == "NHWC":
+        count, height, width, channels = shape
+        want_height, want_width, want_channels = expected
+    else:
+        count, channels, height, width = shape
+        want_channels, want_height, want_width = expected
     if count == 0:
         return "the batch is empty"
     if want_channels is not None and channels != want_channels:
@@ -214,13 +291,18 @@ def _check_model_file(path: Path) -> None:
         raise CnncError(f"{path} is not a file: expected an ONNX model file")
 
 
-def _signature(session: ort.InferenceSession, metadata: dict[str, str]) -> tuple[str, InputShape, str, int | None]:
+def _signature(
+    session: ort.InferenceSession, metadata: dict[str, str], input_form: str
+) -> tuple[str, InputShape, str, int | None]:
     """The input's name and (C, H, W), the output's name, and the class count when the graph fixes it."""
     inputs, outputs = session.get_inputs(), session.get_outputs()
-    if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].type != "tensor(float)":
+    pixels = input_form == UINT8_INPUT
+    wanted = ("tensor(uint8)", "uint8", "[N, H, W, C]") if pixels else ("tensor(float)", "float", "[N, C, H, W]")
+    if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].type != wanted[0]:
         found = ", ".join(f"{node.name}: {node.type} {node.shape}" for node in inputs)
-        raise CnncError(f"expected a model with one float input of shape [N, C, H, W], found {found or 'no inputs'}")
-    graph_shape = tuple(_fixed_size(size) for size in inputs[0].shape[1:])
+        raise CnncError(f"expected a model with one {wanted[1]} input of shape {wanted[2]}, found {found or 'no inputs'}")
+    sizes = [_fixed_size(size) for size in inputs[0].shape[1:]]
+    graph_shape = (sizes[2], sizes[0], sizes[1]) if pixels else tuple(sizes)
     declared = read_input_shape(metadata)
     if declared is not None and any(size not in (None, want) for size, want in zip(graph_shape, declared)):
         raise CnncError(f"metadata 'cnnc.input_shape' {list(declared)} contradicts the graph's input shape {inputs[0].shape}")

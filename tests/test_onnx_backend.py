@@ -24,7 +24,7 @@ ALLOWED_OPS = {
     "Relu", "LeakyRelu", "Elu", "Selu", "Gelu", "Sigmoid", "Tanh", "Softmax", "Erf", "Mul", "Add", "Concat",
     "Unsqueeze", "Pad", "Identity", "Clip", "HardSigmoid", "HardSwish", "Mish", "Softplus", "LayerNormalization",
     "GroupNormalization", "InstanceNormalization", "ReduceMean", "Sub", "Div", "Sqrt", "Reshape", "Transpose",
-    "MatMul", "Resize", "ConvTranspose", "Slice",
+    "MatMul", "Resize", "ConvTranspose", "Slice", "Pow", "Expand",
 }
 
 
@@ -33,8 +33,8 @@ def check_model(model: onnx.ModelProto, graph) -> None:
     onnx.checker.check_model(model, full_check=True)
     shapes = inferred_shapes(model)
     tensors = {o for n in model.graph.node for o in n.output} | {graph.input.name}
-    # Before opset 18, Resize scales every axis and shape inference renames the batch (N * 1.0)
-    unnamed_batch = model.opset_import[0].version < 18 and any(n.op_type == "Resize" for n in model.graph.node)
+    # Resize scales every axis (OpenCV refuses Resize-18's axes) and shape inference renames the batch (N * 1.0)
+    unnamed_batch = any(n.op_type == "Resize" for n in model.graph.node)
     for node in graph.nodes:
         if node.name in tensors:
             batch, *rest = shapes[node.name]

@@ -201,7 +201,8 @@ def test_every_registered_activation_has_an_oracle():
 @pytest.mark.parametrize("activation", list(ACTIVATION_ORACLES))
 def test_dense_batchnorm_and_activations_match_numpy(activation, opset):
     """dense (Gemm, transB) -> batchnorm over features (non-trivial statistics) -> the activation,
-    standalone and fused into a second dense; gelu is a formula below opset 20, Gelu from 20."""
+    standalone and fused into a second dense; gelu is a formula below opset 20, Gelu from 20 (tanh gelu
+    stays a formula: OpenCV 5.0 ignores Gelu's `approximate`, see docs/deployment.md)."""
     program = program_of(f"""model m {{
         input image(2, 3, 3)
         flatten -> dense(6, bias=false) -> batchnorm(eps=0.001) -> {activation}
@@ -216,7 +217,7 @@ def test_dense_batchnorm_and_activations_match_numpy(activation, opset):
     model = backend.to_onnx(program, weights, opset=opset)
     ops = {n.op_type for n in model.graph.node}
     if activation.startswith("gelu"):
-        assert ("Gelu" in ops) == (opset >= 20)
+        assert ("Gelu" in ops) == (opset >= 20 and "tanh" not in activation)
     x = random_input(program, 4).astype(np.float64)
     f = ACTIVATION_ORACLES[activation]
     h = x.reshape(4, -1) @ weights["dense1.weight"].T

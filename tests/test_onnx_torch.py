@@ -53,7 +53,21 @@ def test_generated_specs_agree_with_torch_layer_by_layer(spec, opset):
         assert max_error(ours[tensor], theirs[layer].numpy()) < TOLERANCE, (layer, spec)
 
 
-@pytest.mark.parametrize("spec", SPECS)
+# Specs that PyTorch's TorchScript exporter cannot export: its limits, not cnnc's (cnnc's own ONNX of these
+# specs agrees with the module in test_torch_module_and_onnxruntime_agree). Strict: a fixed exporter shows.
+TORCH_EXPORTER_LIMITS = {
+    "tests/specs/new_ops_a.cnn": "torch.onnx.export refuses adaptive_avg_pool2d to a size that does not divide "
+                                 "the input",
+    "tests/specs/new_ops_b.cnn": "torch.onnx.export writes ConvTranspose with output_padding >= stride, which "
+                                 "onnxruntime refuses",
+}
+
+
+@pytest.mark.parametrize("spec", [
+    pytest.param(spec, marks=pytest.mark.xfail(strict=True, reason=TORCH_EXPORTER_LIMITS[spec]))
+    if spec in TORCH_EXPORTER_LIMITS else spec
+    for spec in SPECS
+])
 def test_torch_onnx_export_of_the_module_agrees_with_ours(spec):
     """A second, independent lowering: PyTorch's own (TorchScript) exporter of the same module.
     torch 2.13's default dynamo exporter needs onnxscript, which is not installed; `dynamo=False`

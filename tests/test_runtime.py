@@ -317,7 +317,56 @@ def test_predict_accepts_huge_finite_values_whose_sum_overflows(gray):
     batch = np.full((2, 1, 8, 8), 3e38, np.float32)
     with np.errstate(over="ignore"):
         assert not np.isfinite(batch.sum())
-    assert gray.predict(batch).shape[0] == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no overflow warning either
+        assert gray.predict(batch).shape[0] == 2
+
+
+def test_predict_takes_non_contiguous_and_other_float_batches(gray):
+    batch = reference_preprocess(random_images(6))
+    expected = gray.predict(batch)
+    np.testing.assert_array_equal(gray.predict(batch[::-1])[::-1], expected)  # a view with negative strides
+    np.testing.assert_array_equal(gray.predict(np.asfortranarray(batch)), expected)
+    np.testing.assert_array_equal(gray.predict(batch.astype(np.float64)), expected)
+    np.testing.assert_array_equal(gray.predict(batch.astype(">f4")), expected)  # big-endian: converted
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "view"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_every_path_of_predict_rejects_non_finite_values(gray, layout, bad):
+    batch = reference_preprocess(random_images(4))
+    batch[3, 0, 7, 7] = bad
+    if layout == "view":
+        batch = batch[::-1]  # now at index 0: a non-contiguous batch takes the same check
+    with pytest.raises(CnncError, match="NaN or infinite values"):
+        gray.predict(batch)
+
+
+@pytest.mark.parametrize("size", [*range(1, 70), 784, 3072, 196608])
+def test_the_finiteness_check_finds_nan_and_infinities_anywhere(size):
+    """Every position of short arrays (SIMD kernels treat the tail apart), spread positions of long ones."""
+    from cnnc.runtime.model import all_finite
+
+    values = np.random.default_rng(size).uniform(-3e38, 3e38, size).astype(np.float32)
+    assert all_finite(values)
+    positions = range(size) if size < 100 else np.random.default_rng(0).choice(size, 50, replace=False)
+    for position in positions:
+        for bad in (np.nan, np.inf, -np.inf):
+            broken = values.copy()
+            broken[position] = bad
+            assert not all_finite(broken), (size, position, bad)
+    both = values.copy()
+    both[[0, -1]] = (np.inf, -np.inf)  # inf + -inf is NaN: still caught
+    assert not all_finite(both)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")
+def test_predict_checks_what_it_runs_after_the_cast(gray):
+    """A float64 value beyond float32's range becomes inf in the batch that would run: rejected."""
+    batch = np.zeros((1, 1, 8, 8), np.float64)
+    batch[0, 0, 3, 3] = 1e300
+    with pytest.raises(CnncError, match=r"NaN or infinite values \(the first at index \(0, 0, 3, 3\): inf\)"):
+        gray.predict(batch)
 
 
 def test_probabilities_apply_softmax_to_logits(gray):

@@ -38,7 +38,6 @@ from cnnc.errors import CnncError, InternalError
 from cnnc.files import replacing
 
 NATIVE_GELU_OPSET = 20
-RESIZE_AXES_OPSET = 18
 NATIVE_HARDSWISH_OPSET = 14
 NATIVE_LAYERNORM_OPSET = 17
 NATIVE_MISH_OPSET = 18
@@ -93,7 +92,7 @@ def to_onnx(
 
     weights: PyTorch state_dict names -> float arrays (a trained model's; extra entries such as
         `num_batches_tracked` are ignored); None: the documented initial weights for `seed`.
-    outputs: None (as the spec ends), "logits" or "probabilities" (see onnx_outputs.with_outputs).
+    outputs: None (as the spec ends), "logits" or "probabilities" (see compiler.passes.with_outputs).
     labels, preprocess, dataset, test_accuracy: what a trained model's checkpoint adds to the
         metadata (see metadata_props); by default the spec's own.
     """
@@ -358,7 +357,11 @@ class _Lowering:
     def _conv(self, node: Node, target: str) -> str:
         attrs = node.attrs
         top, bottom, left, right = attrs["pads"]
-        inputs = [self.input_of(node), self.parameter(f"{node.name}.weight")]
+        source, strides = self.input_of(node), list(attrs["stride"])
+        if tuple(attrs["kernel"]) == (1, 1) and any(attrs["pads"]):
+            source, strides = self._pointwise_padding(node, source)
+            top = bottom = left = right = 0
+        inputs = [source, self.parameter(f"{node.name}.weight")]
         if attrs["bias"]:
             inputs.append(self.parameter(f"{node.name}.bias"))
         extra: dict[str, Any] = {}
@@ -367,7 +370,22 @@ class _Lowering:
         if attrs["groups"] != 1:
             extra["group"] = attrs["groups"]
         return self.add("Conv", inputs, target, name=node.name, kernel_shape=list(attrs["kernel"]),
-                 strides=list(attrs["stride"]), pads=[top, left, bottom, right], **extra)
+                 strides=strides, pads=[top, left, bottom, right], **extra)
+
+    def _pointwise_padding(self, node: Node, source: str) -> tuple[str, list[int]]:
+        """A 1x1 convolution's pads as an explicit zero Pad and its stride as a 1x1 MaxPool before
+        it (a 1x1 convolution commutes with subsampling): the same values, but engines mishandle the
+        Conv form (OpenCV 5.0 leaves the padded border of a 1x1 Conv unwritten; OpenVINO 2026.4
+        moves a 1x1 Conv's stride to the layer before it, ignoring the pads). Returns the new source
+        and the Conv's strides (1, 1)."""
+        top, bottom, left, right = node.attrs["pads"]
+        amounts = self.initializer(f"{node.name}/pads", np.array([0, 0, top, left, 0, 0, bottom, right], np.int64))
+        source = self.add("Pad", [source, amounts], f"{node.name}/padded", name=f"{node.name}/pad")
+        stride = list(node.attrs["stride"])
+        if stride != [1, 1]:
+            source = self.add("MaxPool", [source], f"{node.name}/subsampled", name=f"{node.name}/subsample",
+                              kernel_shape=[1, 1], strides=stride)
+        return source, [1, 1]
 
     def _dense(self, node: Node, target: str) -> str:
         inputs = [self.input_of(node), self.parameter(f"{node.name}.weight")]
@@ -510,7 +528,9 @@ class _Lowering:
         back, then the per-channel weight and bias."""
         name, eps, groups, x = node.name, float(node.attrs["eps"]), node.attrs["groups"], self.input_of(node)
         channels = node.shape[0]
-        if self.opset >= NATIVE_GROUPNORM_OPSET and len(node.shape) == 3:
+        if len(node.shape) == 1:
+            return self._flat_groupnorm(node, output)
+        if self.opset >= NATIVE_GROUPNORM_OPSET:
             if node.attrs["affine"]:
                 scale, shift = self.parameter(f"{name}.weight"), self.parameter(f"{name}.bias")
             else:
@@ -527,6 +547,17 @@ class _Lowering:
         shape = self.initializer(f"{name}/shape", np.array([0, *node.shape], np.int64))
         ungrouped = self.add("Reshape", [normalised, shape], self._normalised(node, output), name=f"{name}/ungroup")
         return self._affine(node, ungrouped, output)
+
+    def _flat_groupnorm(self, node: Node, output: str) -> str:
+        """Group norm of a flat (N, C) value as that of an (N, C, 1, 1) image, flattened back: OpenCV 5.0
+        fuses the flat form's Reshape-InstanceNormalization-Reshape-Mul-Add into its GroupNorm layer,
+        which refuses inputs of fewer than 3 dimensions."""
+        axes = self.initializer("const/axes_hw", np.array([2, 3], dtype=np.int64))
+        image = self.add("Unsqueeze", [self.input_of(node), axes], f"{node.name}/image", name=f"{node.name}/to_image")
+        self.tensor_of[image], self.shapes[image] = image, (*node.shape, 1, 1)
+        as_image = replace(node, inputs=(image,), shape=(*node.shape, 1, 1))
+        normalised = self._groupnorm(as_image, f"{node.name}/normalised_image")
+        return self.add("Flatten", [normalised], output, name=f"{node.name}/flatten", axis=1)
 
     def _scale(self, node: Node, output: str) -> str:
         weight = self._per_channel(self.parameter(f"{node.name}.weight"), len(node.shape))
@@ -576,8 +607,12 @@ class _Lowering:
 
     def _elementwise(self, node: Node, output: str) -> str:
         """add / multiply, numpy broadcasting with the batch dimension in front; a flat (C,) operand
-        against (C, H, W) is unsqueezed to (C, 1, 1) first. More than two operands: left to right."""
+        against (C, H, W) is unsqueezed to (C, 1, 1) first, and a 1-channel operand against C > 1
+        channels is expanded to C channels (an explicit Expand: OpenCV 5.0 fails on a channel
+        broadcast whose other operand comes from a convolution or a pooling). More than two
+        operands: left to right."""
         kind = "Add" if node.op == "add" else "Mul"
+        channels = node.shape[0]
         operands = []
         for index, source in enumerate(node.inputs):
             tensor = self.tensor_of[source]
@@ -585,6 +620,11 @@ class _Lowering:
                 axes = self.initializer("const/axes_hw", np.array([2, 3], dtype=np.int64))
                 tensor = self.add("Unsqueeze", [tensor, axes], f"{node.name}/operand{index + 1}",
                                   name=f"{node.name}/unsqueeze{index + 1}")
+            if self.shapes[source][0] == 1 and channels > 1:
+                shape = np.array([1, channels] + [1] * (len(node.shape) - 1), np.int64)
+                target = self.initializer(f"const/expand_{'x'.join(map(str, shape))}", shape)
+                tensor = self.add("Expand", [tensor, target], f"{node.name}/expanded{index + 1}",
+                                  name=f"{node.name}/expand{index + 1}")
             operands.append(tensor)
         result = operands[0]
         for index, operand in enumerate(operands[1:], start=1):
@@ -598,14 +638,16 @@ class _Lowering:
 
     def _gelu(self, node: Node, out: str) -> str:
         approximate, x, name = node.attrs["approximate"], self.input_of(node), node.name
-        if self.opset >= NATIVE_GELU_OPSET:
-            return self.add("Gelu", [x], out, name=name, approximate=approximate)
-        # Below opset 20, PyTorch's formulas:
+        if self.opset >= NATIVE_GELU_OPSET and approximate == "none":
+            return self.add("Gelu", [x], out, name=name)
+        # Below opset 20, and for the tanh approximation at any opset (OpenCV 5.0 ignores Gelu's
+        # `approximate` and computes the erf form), PyTorch's formulas:
         #   none  0.5 * x * (1 + erf(x / sqrt(2)))
         #   tanh  0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x^3)))
         if approximate == "tanh":
-            square = self.add("Mul", [x, x], f"{name}/x2", name=name)
-            cube = self.add("Mul", [square, x], f"{name}/x3", name=f"{name}/cube")
+            # Pow(x, 3), which onnxruntime computes as x * x * x (bit for bit); OpenCV 5.0 crashes
+            # on the Mul(Mul(x, x), x) form of this formula
+            cube = self.add("Pow", [x, self.scalar("three", 3.0)], f"{name}/x3", name=name)
             scaled_cube = self.add("Mul", [cube, self.scalar("gelu_cubic", 0.044715)], f"{name}/cubic",
                                    name=f"{name}/cubic")
             inner = self.add("Add", [x, scaled_cube], f"{name}/inner", name=f"{name}/inner")
@@ -662,8 +704,9 @@ def _conv_transpose(ctx: _Lowering, node: Node, output: str) -> str:
 
 
 def _upsample(ctx: _Lowering, node: Node, output: str) -> str:
-    """Resize with the scales input (roi empty, no sizes, no antialias); from opset 18 the scales
-    cover height and width only (`axes`), before that every axis (batch and channels 1). PyTorch's
+    """Resize with the scales input (roi empty, no sizes, no antialias), one scale for every axis
+    (batch and channels 1) at every opset: OpenCV 5.0 refuses Resize-18's `axes` with 2 scales, the
+    form that would keep the batch's name through ONNX shape inference. PyTorch's
     nearest is floor of the asymmetric coordinate out / scale; bilinear with align_corners=False is
     half_pixel (equal to pytorch_half_pixel, as no output axis has length 1 unless its input has)."""
     settings: dict[str, Any]
@@ -671,11 +714,7 @@ def _upsample(ctx: _Lowering, node: Node, output: str) -> str:
         settings = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
     else:
         settings = {"mode": "linear", "coordinate_transformation_mode": "half_pixel"}
-    if ctx.opset >= RESIZE_AXES_OPSET:  # scales for height and width only: shape inference keeps the batch's name
-        scales = ctx.initializer(f"{node.name}/scales", np.array(node.attrs["scale"], np.float32))
-        settings["axes"] = [2, 3]
-    else:
-        scales = ctx.initializer(f"{node.name}/scales", np.array([1, 1, *node.attrs["scale"]], np.float32))
+    scales = ctx.initializer(f"{node.name}/scales", np.array([1, 1, *node.attrs["scale"]], np.float32))
     return ctx.add("Resize", [ctx.input_of(node), "", scales], output, name=node.name, **settings)
 
 
