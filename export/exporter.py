@@ -126,7 +126,8 @@ def export_checkpoint(
             report = _diagnose(report, program, graph, weights, module, failing, opset, outputs, tamper)
             raise ParityError(_failure_message(report, uint8_input), report)
         if any(top_k_problems):
-            raise ParityError(f"the exported model's top-k outputs are wrong: {next(p for p in top_k_problems if p)}; nothing was "
+            problem = next(p for p in top_k_problems if p)
+            raise ParityError(f"the exported model's top-k outputs are wrong: {problem}; nothing was "
                               "written", report)
     return ExportResult(output, report, output_kind(graph), opset, output.stat().st_size, input_form, top_k)
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from cnnc.runtime.model import Model, Prediction
+    from cnnc.runtime.providers import ProviderChoice
 
 PROVIDER_CHOICES = ("auto", "cpu", "cuda")  # as cnnc.runtime.providers, which imports onnxruntime
 
@@ -36,7 +37,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                          help="image files, or directories of them (searched recursively), as big as the model's input")
     predict.add_argument("--resize", action="store_true",
                          help="resize each image to the model's input size (bilinear) instead of refusing other sizes")
-    predict.add_argument("--top-k", type=_positive_int, default=1, metavar="K", help="also show the K most likely labels")
+    predict.add_argument("--top-k", type=_positive_int, default=1, metavar="K",
+                         help="also show the K most likely labels")
     predict.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
     _add_provider_option(predict)
     predict.set_defaults(handler=_predict)
@@ -70,9 +72,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         description="Time an exported model under onnxruntime: latency percentiles and images/s per batch size.",
     )
     bench.add_argument("model", metavar="MODEL.onnx", type=Path)
-    bench.add_argument("--batch-sizes", type=_batch_sizes, default=(1, 8, 64), metavar="B,B,...", help="default: 1,8,64")
-    bench.add_argument("--iterations", type=_positive_int, default=100, metavar="N", help="timed runs per batch size (default: 100)")
-    bench.add_argument("--warmup", type=_non_negative_int, default=10, metavar="N", help="untimed runs first (default: 10)")
+    bench.add_argument("--batch-sizes", type=_batch_sizes, default=(1, 8, 64), metavar="B,B,...",
+                       help="default: 1,8,64")
+    bench.add_argument("--iterations", type=_positive_int, default=100, metavar="N",
+                       help="timed runs per batch size (default: 100)")
+    bench.add_argument("--warmup", type=_non_negative_int, default=10, metavar="N",
+                       help="untimed runs first (default: 10)")
     bench.add_argument("--json", action="store_true", help="print the results as a JSON object")
     _add_provider_option(bench)
     bench.set_defaults(handler=_bench)
@@ -167,7 +172,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"accuracy": score, "n": len(dataset)}))
     else:
-        print(f"accuracy {score:.4f} on {len(dataset)} {name} test images ({model.path}, onnxruntime on {model.provider})")
+        print(f"accuracy {score:.4f} on {len(dataset)} {name} test images "
+              f"({model.path}, onnxruntime on {model.provider})")
     return 0
 
 
@@ -204,7 +210,7 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(path: Path, provider: str, batch_size: int = 256) -> Model:
+def _load(path: Path, provider: ProviderChoice, batch_size: int = 256) -> Model:
     from cnnc.runtime.model import Model
 
     return Model.load(path, provider=provider, batch_size=batch_size)
@@ -224,7 +230,8 @@ def _check_compatible(model: Model, dataset: str, image_shape: tuple[int, int, i
 def _prediction_line(prediction: Prediction, width: int) -> str:
     line = f"{prediction.input:<{width}}  {prediction.label}  ({prediction.score:.3f})"
     if len(prediction.top_k) > 1:
-        line += f"  top {len(prediction.top_k)}: " + ", ".join(f"{label} {score:.3f}" for label, score in prediction.top_k)
+        ranked = ", ".join(f"{label} {score:.3f}" for label, score in prediction.top_k)
+        line += f"  top {len(prediction.top_k)}: {ranked}"
     return line
 
 

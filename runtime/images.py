@@ -25,7 +25,7 @@ import numpy as np
 from cnnc.errors import CnncError
 
 PathLike = Union[str, "os.PathLike[str]"]
-ImageInput = Union[PathLike, np.ndarray, Sequence[PathLike | np.ndarray]]
+ImageInput = PathLike | np.ndarray | Sequence[PathLike | np.ndarray]
 
 _PILLOW_MODES = {1: "L", 3: "RGB"}
 _COLOUR_NAMES = {1: "grayscale", 3: "RGB"}
@@ -122,7 +122,8 @@ def _check_pixels(what: str, dtype: np.dtype, chw: tuple[int, ...], shape: tuple
         )
     if channels != want_channels:
         raise CnncError(
-            f"{what} has {_channels(channels)} but the model takes {_channels(want_channels)}; {_conversion_hint(want_channels)}"
+            f"{what} has {_channels(channels)} but the model takes {_channels(want_channels)}; "
+            f"{_conversion_hint(want_channels)}"
         )
     if (want_height is not None and height != want_height) or (want_width is not None and width != want_width):
         raise CnncError(

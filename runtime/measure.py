@@ -55,7 +55,8 @@ def latency(model: Model, batch_size: int, iterations: int, warmup: int) -> Late
     """Time `iterations` calls of `model.predict` on random images, after `warmup` untimed calls."""
     channels, height, width = model.input_shape
     if channels is None or height is None or width is None:
-        raise CnncError(f"{model.path} accepts inputs of any size ({model.input_shape}), so there is no input size to time")
+        raise CnncError(f"{model.path} accepts inputs of any size ({model.input_shape}), "
+                        "so there is no input size to time")
     _check_affordable(model, batch_size, channels * height * width)
     # Random pixels rather than zeros: some kernels take shortcuts on zeros.
     pixels = np.random.default_rng(0).integers(0, 256, (batch_size, channels, height, width), dtype=np.uint8)

@@ -55,7 +55,8 @@ def read_input_shape(metadata: Mapping[str, str]) -> tuple[int, int, int] | None
         and len(shape) == 3
         and all(isinstance(size, int) and not isinstance(size, bool) and size > 0 for size in shape)
     ):
-        raise CnncError(f"model metadata '{INPUT_SHAPE_KEY}' must be a JSON list [C, H, W] of positive ints, not {shape!r}")
+        raise CnncError(f"model metadata '{INPUT_SHAPE_KEY}' must be a JSON list [C, H, W] of positive ints, "
+                        f"not {shape!r}")
     channels, height, width = shape
     return channels, height, width
 

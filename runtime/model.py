@@ -181,7 +181,8 @@ class Model:
     def _image_batch(self, images: ImageInput) -> tuple[tuple[str, ...], np.ndarray]:
         channels, height, width = self.input_shape
         if channels is None:
-            raise CnncError(f"{self.path} does not say how many channels its input has, so it cannot take images; use predict()")
+            raise CnncError(f"{self.path} does not say how many channels its input has, so it cannot take images; "
+                            "use predict()")
         names, pixels = image_batch(images, (channels, height, width))
         if self.input_form == UINT8_INPUT:
             return names, np.ascontiguousarray(pixels.transpose(0, 2, 3, 1))
@@ -223,7 +224,8 @@ class Model:
         return self._run_session(self._output_names, {self.input_name: batch}, None)[0]
 
 
-def _run_with_io_binding(session: ort.InferenceSession, input_name: str, output_name: str, batch: np.ndarray) -> np.ndarray:
+def _run_with_io_binding(session: ort.InferenceSession, input_name: str, output_name: str,
+                         batch: np.ndarray) -> np.ndarray:
     # Bound, the input is copied to the GPU once and the output is written straight into host
     # memory, with no intermediate copies; a binding per call keeps concurrent calls independent.
     binding = session.io_binding()
@@ -300,12 +302,14 @@ def _signature(
     wanted = ("tensor(uint8)", "uint8", "[N, H, W, C]") if pixels else ("tensor(float)", "float", "[N, C, H, W]")
     if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].type != wanted[0]:
         found = ", ".join(f"{node.name}: {node.type} {node.shape}" for node in inputs)
-        raise CnncError(f"expected a model with one {wanted[1]} input of shape {wanted[2]}, found {found or 'no inputs'}")
-    sizes = [_fixed_size(size) for size in inputs[0].shape[1:]]
-    graph_shape = (sizes[2], sizes[0], sizes[1]) if pixels else tuple(sizes)
+        raise CnncError(f"expected a model with one {wanted[1]} input of shape {wanted[2]}, "
+                        f"found {found or 'no inputs'}")
+    first, second, third = (_fixed_size(size) for size in inputs[0].shape[1:])
+    graph_shape: InputShape = (third, first, second) if pixels else (first, second, third)
     declared = read_input_shape(metadata)
     if declared is not None and any(size not in (None, want) for size, want in zip(graph_shape, declared)):
-        raise CnncError(f"metadata 'cnnc.input_shape' {list(declared)} contradicts the graph's input shape {inputs[0].shape}")
+        raise CnncError(f"metadata 'cnnc.input_shape' {list(declared)} contradicts the graph's input shape "
+                        f"{inputs[0].shape}")
     output_shape = outputs[0].shape
     if output_shape and len(output_shape) != 2:  # a shape the graph declares; an unknown one is checked per run
         raise CnncError(f"the model outputs a {len(output_shape)}-dimensional tensor {output_shape}; a classifier's "

@@ -47,7 +47,8 @@ def gray(gray_path) -> Model:
 
 @pytest.fixture(scope="module")
 def rgb_proto():
-    return classifier(channels=3, classes=4, metadata=cnnc_metadata(3, 8, ["a", "b", "c", "d"]), input_name="pixels", seed=3)
+    return classifier(channels=3, classes=4, metadata=cnnc_metadata(3, 8, ["a", "b", "c", "d"]), input_name="pixels",
+                      seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +161,8 @@ def test_model_without_metadata_uses_documented_defaults(tmp_path):
     images = random_images(4)
     expected_input = (images / 255.0).astype(np.float32)
     np.testing.assert_allclose(model.preprocess(images), expected_input, rtol=1e-6)
-    np.testing.assert_allclose(model.predict(expected_input), reference_output(proto, expected_input), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(model.predict(expected_input), reference_output(proto, expected_input),
+                               rtol=1e-4, atol=1e-5)
     best = model.classify(images)[0]
     assert best.label in model.labels
 
@@ -176,7 +178,8 @@ def test_model_that_is_not_an_image_classifier(tmp_path):
     )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     proto.ir_version = 8
-    with pytest.raises(CnncError, match=r"one float input of shape \[N, C, H, W\], found x: tensor\(float\) \['N', 10\]"):
+    refused = r"one float input of shape \[N, C, H, W\], found x: tensor\(float\) \['N', 10\]"
+    with pytest.raises(CnncError, match=refused):
         Model.load(save(proto, tmp_path / "flat.onnx"))
 
 
@@ -223,7 +226,8 @@ def test_cuda_listed_but_not_loadable_is_caught(gray_path, monkeypatch):
 
 
 def test_cuda_session_that_fails_to_start_is_caught(gray_path, tmp_path, monkeypatch):
-    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     real_session = onnxruntime.InferenceSession
 
     def session(path, sess_options=None, providers=()):
@@ -293,7 +297,8 @@ def test_predict_accepts_non_contiguous_batches(gray):
             r"expected a batch of shape \(N, 1, 8, 8\), received \(4, 3, 8, 8\): 3 channels where the model takes 1",
         ),
         (np.zeros((4, 1, 9, 8), np.float32), r"received \(4, 1, 9, 8\): 9x8 images where the model takes 8x8"),
-        (np.zeros((1, 8, 8), np.float32), r"received \(1, 8, 8\): 3 dimensions instead of 4 \(one image\? add a batch axis"),
+        (np.zeros((1, 8, 8), np.float32),
+         r"received \(1, 8, 8\): 3 dimensions instead of 4 \(one image\? add a batch axis"),
         (np.zeros((8, 8), np.float32), r"received \(8, 8\): 2 dimensions instead of 4"),
         (np.zeros((0, 1, 8, 8), np.float32), r"received \(0, 1, 8, 8\): the batch is empty"),
         (np.zeros((2, 1, 8, 8), np.uint8), "received dtype uint8; for uint8 images use classify()"),
@@ -402,7 +407,8 @@ def test_preprocess_follows_the_metadata(gray):
 
 def test_per_channel_mean_and_std(tmp_path):
     mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
-    metadata = cnnc_metadata(3, 8, ["a", "b", "c"]) | {"cnnc.preprocess": json.dumps({"scale": 1 / 255, "mean": mean, "std": std})}
+    preprocess = json.dumps({"scale": 1 / 255, "mean": mean, "std": std})
+    metadata = cnnc_metadata(3, 8, ["a", "b", "c"]) | {"cnnc.preprocess": preprocess}
     model = Model.load(save(classifier(channels=3, metadata=metadata), tmp_path / "rgb.onnx"))
     images = random_images(2, channels=3)
     expected = (images / 255.0 - np.reshape(mean, (1, 3, 1, 1))) / np.reshape(std, (1, 3, 1, 1))
@@ -475,12 +481,15 @@ def test_classify_top_k_is_ranked_and_capped(gray):
     ("images", "message"),
     [
         (np.zeros((2, 8, 8), np.float32), r"has dtype float32, but images must be uint8 .* \(x \* 255\)\.round\(\)"),
-        (np.zeros((8, 8, 3), np.uint8), r"image #0 has 3 channels \(RGB\) but the model takes 1 channel \(grayscale\); .*convert\('L'\)"),
+        (np.zeros((8, 8, 3), np.uint8),
+         r"image #0 has 3 channels \(RGB\) but the model takes 1 channel \(grayscale\); .*convert\('L'\)"),
         (np.zeros((2, 9, 9), np.uint8), r"is 9x9 \(height x width\) but the model takes 8x8 images; resize it first"),
-        ([np.zeros((8, 8), np.uint8), np.zeros((7, 8), np.uint8)], r"image #1 is 7x8 \(height x width\) but the model takes 8x8"),
+        ([np.zeros((8, 8), np.uint8), np.zeros((7, 8), np.uint8)],
+         r"image #1 is 7x8 \(height x width\) but the model takes 8x8"),
         ([], "no images given"),
         (42, "expected image file paths or uint8 image arrays, received int"),
-        ([np.zeros((1, 1, 8, 8), np.uint8)], r"image #0 must be an image file path or a uint8 array of shape \(H, W\) or \(H, W, C\)"),
+        ([np.zeros((1, 1, 8, 8), np.uint8)],
+         r"image #0 must be an image file path or a uint8 array of shape \(H, W\) or \(H, W, C\)"),
     ],
 )
 def test_classify_rejects_wrong_images(gray, images, message):

@@ -239,7 +239,8 @@ def test_embed_classifier_example(xo_proto, xo_model, pngs):
 def test_embed_classifier_example_reports_errors(tmp_path):
     script = REPOSITORY / "examples" / "embed_classifier.py"
     completed = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "missing.onnx"), "x.png"], capture_output=True, text=True, timeout=60
+        [sys.executable, str(script), str(tmp_path / "missing.onnx"), "x.png"], capture_output=True, text=True,
+        timeout=60,
     )
     assert completed.returncode == 1
     assert "does not exist" in completed.stderr
