@@ -26,6 +26,7 @@ from test_runtime_support import (
 
 from cnnc.errors import CnncError
 from cnnc.runtime import Model, Prediction, ProviderFallbackWarning
+from cnnc.runtime.images import ImageConversion
 
 LABELS = ["x", "o", "blank"]
 
@@ -460,10 +461,12 @@ def test_classify_converts_files_to_the_model_colour_mode(gray, rgb, tmp_path):
     rgb_pixels = random_images(1, channels=3)[0].transpose(1, 2, 0)
     path = write_png(tmp_path / "colour.png", rgb_pixels)
     as_gray = np.asarray(Image.fromarray(rgb_pixels).convert("L"))
-    check_predictions(gray, gray.classify(path), as_gray[None, None], [str(path)])
+    with pytest.warns(ImageConversion, match="is RGB: converted to grayscale for this 1-channel model"):
+        check_predictions(gray, gray.classify(path), as_gray[None, None], [str(path)])
     gray_path = write_png(tmp_path / "gray.png", rgb_pixels[..., 0])
     as_rgb = np.repeat(rgb_pixels[None, ..., :1], 3, axis=-1).transpose(0, 3, 1, 2)
-    check_predictions(rgb, rgb.classify(gray_path), as_rgb, [str(gray_path)])
+    with pytest.warns(ImageConversion, match="is grayscale: converted to RGB for this 3-channel model"):
+        check_predictions(rgb, rgb.classify(gray_path), as_rgb, [str(gray_path)])
 
 
 def test_classify_top_k_is_ranked_and_capped(gray):

@@ -126,7 +126,9 @@ class TensorSplit:
 
     @staticmethod
     def of(data: Dataset, device: torch.device) -> TensorSplit:
-        return TensorSplit(torch.from_numpy(data.images).to(device), torch.from_numpy(data.labels).to(device))
+        # torch may not share a read-only array (an npz file's, say): such arrays are copied
+        images, labels = (array if array.flags.writeable else array.copy() for array in (data.images, data.labels))
+        return TensorSplit(torch.from_numpy(images).to(device), torch.from_numpy(labels).to(device))
 
     def __len__(self) -> int:
         return len(self.labels)
