@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cnnc.runtime.measure import machine
+
 ROOT = Path(__file__).resolve().parent.parent
 BATCHES = (1, 64)
 
@@ -62,18 +64,6 @@ def alternate(a: Callable[[], object], b: Callable[[], object], rounds: int, sec
         for function, times in order:
             times.append(burst(function, seconds, calls)[0])
     return statistics.median(times_a), statistics.median(times_b)
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}"
 
 
 def versions() -> str:

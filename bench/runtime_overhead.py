@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cnnc.runtime.measure import machine
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -77,18 +79,6 @@ def summary(predict: list[float], bare: list[float], binding: list[float]) -> di
 
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}"
 
 
 def versions() -> str:

@@ -69,7 +69,7 @@ def _sha256(hexdigest: str) -> Checksum:
 _TRAIN_IMAGES_SIZE, _TEST_IMAGES_SIZE = 16 + 60_000 * 784, 16 + 10_000 * 784
 _TRAIN_LABELS_SIZE, _TEST_LABELS_SIZE = 8 + 60_000, 8 + 10_000
 
-# The canonical .gz md5s, and the md5s of their decompressed content (shared/data/README.md).
+# The canonical .gz md5s, and the md5s of their decompressed content.
 MNIST = StandardDataset(
     name="mnist",
     folder="mnist",
@@ -116,8 +116,8 @@ FASHION_MNIST = StandardDataset(
 )
 
 # CIFAR-10 is distributed only as a tarball (its md5 is the one the CIFAR page publishes), so there
-# is no canonical .gz per batch. These sha256s of the raw batches were computed from the verified
-# copy in shared/data/cifar-10 (whose raw md5s, e.g. 5dd7e06a... for data_batch_1.bin, equal the
+# is no canonical .gz per batch. These sha256s of the raw batches were computed from a verified
+# copy (whose raw md5s, e.g. 5dd7e06a... for data_batch_1.bin, equal the
 # md5s other projects publish for the extracted files).
 _CIFAR_BATCH_SIZE = 10_000 * 3073
 _CIFAR_TRAIN_SHA256 = (

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -190,7 +189,7 @@ def _measure(fp32_path: Path, int8_path: Path, int8_model, test: Any, *, calibra
              max_drop: float, rounds: int, log: Callable[[str], None]) -> QuantizationReport:
     import onnxruntime
 
-    from cnnc.runtime.measure import accuracy
+    from cnnc.runtime.measure import accuracy, machine
     from cnnc.runtime.model import Model
 
     fp32, int8 = Model.load(fp32_path, provider="cpu"), Model.load(int8_path, provider="cpu")
@@ -206,7 +205,7 @@ def _measure(fp32_path: Path, int8_path: Path, int8_model, test: Any, *, calibra
         seed=seed, max_drop=max_drop, fp32_bytes=fp32_path.stat().st_size,
         int8_bytes=len(int8_model.SerializeToString()),
         latency_ratio={batch: int8_ms[batch] / fp32_ms[batch] for batch in fp32_ms},
-        fp32_ms=fp32_ms, int8_ms=int8_ms, machine=_machine(), onnxruntime=onnxruntime.__version__,
+        fp32_ms=fp32_ms, int8_ms=int8_ms, machine=machine(), onnxruntime=onnxruntime.__version__,
     )
 
 
@@ -263,13 +262,3 @@ def _check_same_outputs(plain, deployed, test: Any) -> None:
                         f"{np.abs(found - expected).max():.3g}): nothing was written")
 
 
-def _machine() -> str:
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical cores"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -70,3 +73,16 @@ def latency(model: Model, batch_size: int, iterations: int, warmup: int) -> Late
         seconds[iteration] = time.perf_counter() - start
     p50, p90, p99 = np.percentile(seconds * 1000, [50, 90, 99])
     return LatencyStats(batch_size, float(p50), float(p90), float(p99), batch_size * iterations / float(seconds.sum()))
+
+
+def machine() -> str:
+    """The CPU and its logical cores, and the OS, as the benchmarks and quantize's report record them."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}"
