@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from typing import Any
 
 import numpy as np
 
@@ -22,16 +23,22 @@ GREYSCALE_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;1
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
 
 
+def _pillow() -> tuple[Any, Any]:
+    """Pillow's Image and ImageOps, imported on first use (the runtime needs them only for files)."""
+    try:
+        from PIL import Image, ImageOps
+    except ImportError:
+        raise CnncError("reading image files needs Pillow: pip install pillow") from None
+    return Image, ImageOps
+
+
 def read_pixels(path: str | os.PathLike, mode: str | None = None,
                 size: tuple[int, int] | None = None) -> tuple[np.ndarray, str]:
     """(pixels, the file's own mode): (H, W) for `mode` "L", (H, W, 3) for "RGB"; with `mode` None,
     whichever of the two suits the file. The camera's orientation tag is applied, as viewers do;
     `size` (width, height) resizes (bilinear, after scaling to 8 bits). Raises CnncError for anything
     it cannot read faithfully."""
-    try:
-        from PIL import Image, ImageOps
-    except ImportError:
-        raise CnncError("reading image files needs Pillow: pip install pillow") from None
+    Image, ImageOps = _pillow()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -57,10 +64,7 @@ def read_pixels(path: str | os.PathLike, mode: str | None = None,
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(width, height) from the file's header, without decoding it."""
-    try:
-        from PIL import Image
-    except ImportError:
-        raise CnncError("reading image files needs Pillow: pip install pillow") from None
+    Image, _ = _pillow()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
