@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 import cnnc
-from cnnc.compiler.backends.pytorch import CnncModule, build_module
+from cnnc.compiler.backends.pytorch import CnncModule, build_module, trainable_parameters
 from cnnc.compiler.check import load_program
 from cnnc.compiler.ir import Program
 from cnnc.compiler.passes import final_softmax, with_outputs
@@ -57,6 +57,7 @@ from cnnc.training.reporting import (
 )
 from cnnc.training.settings import Overrides, config_to_json, effective_config
 from cnnc.training.trainer import BestTracker, Interrupted, Trainer
+from cnnc.training.whiten import whiten
 
 EXIT_INTERRUPTED = 130
 SETTINGS = "settings.json"
@@ -314,6 +315,9 @@ class Session:
         # Module.to takes memory_format (documented), but torch's type overloads leave it out.
         model.to(device, memory_format=torch.channels_last if execution.channels_last  # type: ignore[call-overload]
                  else torch.preserve_format)
+        if checkpoint is None:  # a resumed run's whitening is in its checkpoint's weights
+            for note in whiten(model, splits.train.images, normalization, device):
+                console.note(note)
         trainer = _build_trainer(model, loss, config, execution, world, device, splits, normalization, console,
                                  run_dir)
         session = Session(program, overrides, execution, world, console, run_dir, spec_path, splits, normalization,
@@ -503,7 +507,7 @@ def _build_trainer(model: CnncModule, loss: CrossEntropy, config: TrainConfig, e
     return Trainer(
         model=model,
         train_model=_training_module(model, execution, world, device),
-        optimizer=build_optimizer(model.parameters(), config.optimizer),
+        optimizer=build_optimizer(trainable_parameters(model), config.optimizer),
         schedule=LearningRateSchedule(config.optimizer["lr"], config.schedule, steps_per_epoch,
                                       config.epochs * steps_per_epoch, config.warmup_epochs * steps_per_epoch),
         loss=loss,

@@ -4,7 +4,8 @@ An op declares, in one place (its family's module in this package):
     args            its arguments (kinds, defaults, docs), bound and checked by compiler.arguments
     infer           its shape rule: input shapes -> output shape, or a ShapeError that says why not
     parameters      its arrays (name, shape, initializer, trainable or not); parameter counts and the
-                    weights of every backend derive from them
+                    weights of every backend derive from them. An op with parameters takes TRAINABLE,
+                    whose `trainable=false` freezes them all (see OpDef.arrays)
     macs            its multiply-accumulates per sample
     field           its receptive-field rule
     decomposition   optionally, the same computation written with other ops, which a backend
@@ -17,12 +18,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any
 
 from cnnc.compiler import shapes
-from cnnc.compiler.arguments import ArgSpec, Option
+from cnnc.compiler.arguments import ArgSpec, Bool, Option
 from cnnc.dsl.codes import OUT_OF_RANGE, SHAPE_ERROR, WRONG_RANK
 
 Shape = tuple[int, ...]
@@ -36,6 +37,8 @@ class TensorInfo:
     shape: Shape
     line: int
     formulas: tuple[str, str] | None = None  # how its height and width were computed
+    node: str = ""            # the layer that produces it
+    from_input: bool = False  # whether that is the model's input
 
     @property
     def origin(self) -> str:
@@ -165,6 +168,17 @@ class OpDef:
     def takes_activation(self) -> bool:
         """Whether the op has a fused `activation=` argument."""
         return "activation" in self.arg_names
+
+    def arrays(self, attrs: Mapping[str, Any], output: Shape) -> tuple[Param, ...]:
+        """The layer's arrays as trained: `parameters`, every one frozen under `trainable=false`."""
+        declared = self.parameters(attrs, output)
+        if attrs.get("trainable", True):
+            return declared
+        return tuple(replace(param, trainable=False) for param in declared)
+
+
+# The argument of every op with parameters.
+TRAINABLE = ArgSpec("trainable", Bool(), True, doc="false freezes every parameter of the layer: not trained")
 
 
 # --- rules shared by several families ---------------------------------------------------------------

@@ -8,6 +8,7 @@ from typing import Any
 from cnnc.compiler.arguments import ArgSpec, Int
 from cnnc.compiler.ops.conv import WEIGHT_ARGS
 from cnnc.compiler.ops.core import Inferred, OpDef, Param, Shape, ShapeError, TensorInfo, describe
+from cnnc.compiler.ops.initializers import check_init
 from cnnc.dsl.codes import WRONG_RANK
 
 FAMILY = "linear"
@@ -22,6 +23,7 @@ def _dense_infer(label: str, attrs: Mapping[str, Any], inputs: tuple[TensorInfo,
             f"or global_avgpool (giving {info.shape[0]}) before it",
             code=WRONG_RANK,
         )
+    check_init(label, "dense", attrs, info)
     return Inferred((attrs["units"],), {"in_features": info.shape[0]})
 
 
