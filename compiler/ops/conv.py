@@ -130,7 +130,8 @@ def conv_parameters(attrs: Mapping[str, Any], output: Shape) -> tuple[Param, ...
     filters = attrs["filters"]
     fans = (_per_output(attrs), filters * kh * kw)
     weight = Param("weight", (filters, attrs["in_channels"] // attrs["groups"], kh, kw), attrs["init"], fans=fans)
-    return (weight, Param("bias", (filters,), attrs["bias_init"], fans=fans)) if attrs["bias"] else (weight,)
+    bias = Param("bias", (filters,), attrs["bias_init"], fans=fans, role="bias")
+    return (weight, bias) if attrs["bias"] else (weight,)
 
 
 def _conv_macs(attrs: Mapping[str, Any], inputs: tuple[Shape, ...], output: Shape) -> int:
@@ -258,7 +259,8 @@ def _transpose_parameters(attrs: Mapping[str, Any], output: Shape) -> tuple[Para
     filters, groups, channels = attrs["filters"], attrs["groups"], attrs["in_channels"]
     fans = (filters // groups * kh * kw, channels * kh * kw)
     weight = Param("weight", (channels, filters // groups, kh, kw), attrs["init"], fans=fans)
-    return (weight, Param("bias", (filters,), attrs["bias_init"], fans=fans)) if attrs["bias"] else (weight,)
+    bias = Param("bias", (filters,), attrs["bias_init"], fans=fans, role="bias")
+    return (weight, bias) if attrs["bias"] else (weight,)
 
 
 def _transpose_macs(attrs: Mapping[str, Any], inputs: tuple[Shape, ...], output: Shape) -> int:

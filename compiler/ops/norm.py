@@ -23,9 +23,10 @@ FAMILY = "norm"
 
 def _batchnorm_parameters(attrs: Mapping[str, Any], output: Shape) -> tuple[Param, ...]:
     channels = (output[0],)
-    affine = (Param("weight", channels, ONES), Param("bias", channels, ZEROS)) if attrs["affine"] else ()
-    return (*affine, Param("running_mean", channels, ZEROS, trainable=False),
-            Param("running_var", channels, ONES, trainable=False))
+    affine = (Param("weight", channels, ONES, role="norm"), Param("bias", channels, ZEROS, role="bias")) \
+        if attrs["affine"] else ()
+    return (*affine, Param("running_mean", channels, ZEROS, trainable=False, role="norm"),
+            Param("running_var", channels, ONES, trainable=False, role="norm"))
 
 
 BATCHNORM = OpDef(
@@ -44,7 +45,8 @@ BATCHNORM = OpDef(
 
 def _affine_parameters(attrs: Mapping[str, Any], output: Shape) -> tuple[Param, ...]:
     channels = (output[0],)
-    return (Param("weight", channels, ONES), Param("bias", channels, ZEROS)) if attrs["affine"] else ()
+    scale, shift = Param("weight", channels, ONES, role="norm"), Param("bias", channels, ZEROS, role="bias")
+    return (scale, shift) if attrs["affine"] else ()
 
 
 _NORM_ARGS = (ArgSpec("eps", Float(minimum=0), 1e-5), ArgSpec("affine", Bool(), True))
@@ -74,7 +76,7 @@ GROUPNORM = OpDef(
 
 
 def _scale_parameters(attrs: Mapping[str, Any], output: Shape) -> tuple[Param, ...]:
-    return (Param("weight", (output[0],), Option("constant", (("value", attrs["init"]),))),)
+    return (Param("weight", (output[0],), Option("constant", (("value", attrs["init"]),)), role="norm"),)
 
 
 SCALE = OpDef(
