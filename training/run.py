@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 import cnnc
-from cnnc.compiler.backends.pytorch import CnncModule, build_module, trainable_parameters
+from cnnc.compiler.backends.pytorch import CnncModule, build_module
+from cnnc.compiler.backends.weights import parameter_roles
 from cnnc.compiler.check import load_program
 from cnnc.compiler.ir import Program
 from cnnc.compiler.passes import final_softmax, with_outputs
@@ -40,6 +41,7 @@ from cnnc.compiler.train_config import TrainConfig
 from cnnc.errors import CnncError, UsageError
 from cnnc.files import check_writable, remove_stale_temporaries
 from cnnc.training.augment import Augmenter
+from cnnc.training.averaging import weight_average
 from cnnc.training.checkpoint import BEST, LAST, Checkpoint, load_checkpoint, save_checkpoint
 from cnnc.training.data import BatchPreparer, Normalization, Splits, TensorSplit, load_splits
 from cnnc.training.distributed import World, gather, join_world, leave_world
@@ -344,7 +346,7 @@ class Session:
                          "train": config_to_json(self.config),
                          "resumed": [*stored.get("resumed", []), " ".join(sys.argv)]}
         try:
-            self.trainer.resume_from(checkpoint.training)
+            self.trainer.resume_from(checkpoint.training, checkpoint.model_state)
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as error:
             raise CnncError(f"{checkpoint.path} is a damaged cnnc checkpoint: its training state cannot be "
                             f"restored ({type(error).__name__}: {str(error)[:200]})") from None
@@ -433,7 +435,8 @@ class Session:
     def _save(self, name: str, fields: dict[str, Any]) -> None:
         position = self.trainer.position
         contents = {
-            "model": {key: value.detach().cpu().contiguous() for key, value in self.trainer.model.state_dict().items()},
+            "model": {key: value.detach().cpu().contiguous()
+                      for key, value in self.trainer.evaluated_model().state_dict().items()},
             "model_name": self.program.graph.name,
             "spec_path": self.spec_path,
             "sources": dict(self.program.sources),
@@ -501,24 +504,24 @@ class Session:
 def _build_trainer(model: CnncModule, loss: CrossEntropy, config: TrainConfig, execution: Execution, world: World,
                    device: torch.device, splits: Splits, normalization: Normalization, console: Console,
                    run_dir: Path) -> Trainer:
-    augment_generator = torch.Generator().manual_seed(_derived_seed(config.seed, world.rank, 1))
-    augmenter = Augmenter(config.augment, augment_generator) if config.augment else None
+    augmenter = Augmenter(config.augment, config.seed, len(splits.train), splits.train.image_shape,
+                          device) if config.augment else None
     steps_per_epoch = math.ceil(math.ceil(len(splits.train) / world.size) / (config.batch_size // world.size))
     return Trainer(
         model=model,
         train_model=_training_module(model, execution, world, device),
-        optimizer=build_optimizer(trainable_parameters(model), config.optimizer),
+        optimizer=build_optimizer(model.named_parameters(), parameter_roles(model.graph), config.optimizer),
         schedule=LearningRateSchedule(config.optimizer["lr"], config.schedule, steps_per_epoch,
                                       config.epochs * steps_per_epoch, config.warmup_epochs * steps_per_epoch),
         loss=loss,
         preparer=BatchPreparer(normalization, device, execution.channels_last, augmenter),
-        augment_generator=augment_generator,
         train_data=TensorSplit.of(splits.train, device),
         validation_data=TensorSplit.of(splits.validation, device) if splits.validation is not None else None,
         config=config, world=world, device=device,
         autocast=_autocast(execution, device),
         console=console,
         metrics=MetricsLog(run_dir / METRICS) if world.is_main else None,
+        average=weight_average(model, config.ema, config.lookahead, steps_per_epoch),
         best=BestTracker.of(config),
     )
 

@@ -1,10 +1,14 @@
 """The training loop: epochs of steps, validation, checkpoints, early stopping, interruption.
 
-Exact resume: everything random is either derived from (seed, epoch) (the batch order) or saved in
-the checkpoint (torch's generator for dropout, the augmentation generator, numpy's and Python's),
-together with the optimizer, the step count that drives the schedule, early stopping and, after an
-interruption mid-epoch, the position and running totals within the epoch. On CPU a resumed run
-therefore ends with bit-identical weights to an uninterrupted one.
+Exact resume: everything random is either derived from (seed, epoch) (the batch order and the
+augmentations) or saved in the checkpoint (torch's generator for dropout, numpy's and Python's),
+together with the optimizer, the step count that drives the schedule and the weight average, the
+live weights when a weight average (ema, lookahead) is what the checkpoint's model holds, early
+stopping and, after an interruption mid-epoch, the position and running totals within the epoch.
+On CPU a resumed run therefore ends with bit-identical weights to an uninterrupted one.
+
+Evaluation (validation, test) uses `evaluated_model()`: the weight average's module when there is
+one, else the trained module; with `tta`, its outputs averaged over the test-time views.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from torch import Tensor, nn
 from cnnc.compiler.backends.pytorch import CnncModule
 from cnnc.compiler.train_config import TrainConfig
 from cnnc.errors import CnncError
+from cnnc.training.augment import test_time_average
+from cnnc.training.averaging import WeightAverage
 from cnnc.training.data import BatchPreparer, TensorSplit, batches, epoch_order, shard
 from cnnc.training.distributed import World, gather, max_over_processes, share_buffers, sum_over_processes
 from cnnc.training.losses import CrossEntropy, correct
@@ -116,7 +122,7 @@ class Position:
     global_step: int = 0    # optimizer steps so far
 
 
-def rng_state(augment_generator: torch.Generator) -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
     """This process's random state, as plain data (see checkpoint.py)."""
     legacy = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state(legacy=True))
     _, keys, position, has_gauss, cached = legacy
@@ -125,20 +131,18 @@ def rng_state(augment_generator: torch.Generator) -> dict[str, Any]:
         "torch": torch.get_rng_state(),
         "numpy": [torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached)],
         "python": [version, list(python_state), gauss],
-        "augment": augment_generator.get_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
-def restore_rng_state(state: dict[str, Any], augment_generator: torch.Generator) -> None:
+def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     keys, position, has_gauss, cached = state["numpy"]
     np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), position, has_gauss, cached))
     version, python_state, gauss = state["python"]
     random.setstate((version, tuple(python_state), gauss))
-    augment_generator.set_state(state["augment"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
 
@@ -190,7 +194,6 @@ class Trainer:
     schedule: LearningRateSchedule
     loss: CrossEntropy
     preparer: BatchPreparer
-    augment_generator: torch.Generator
     train_data: TensorSplit
     validation_data: TensorSplit | None
     config: TrainConfig
@@ -199,6 +202,7 @@ class Trainer:
     autocast: Callable[[], contextlib.AbstractContextManager]
     console: Console
     metrics: MetricsLog | None     # rank 0 only
+    average: WeightAverage | None = None  # ema or lookahead: the weights evaluated
     # Writes a checkpoint (on rank 0): ("last", the training state) or ("best", {}). The session that
     # owns the run's metadata sets it once it exists.
     save: Callable[[str, dict[str, Any]], None] = lambda which, training: None
@@ -208,6 +212,7 @@ class Trainer:
     totals: EpochTotals | None = None  # of an epoch interrupted mid-way
     history: list[dict[str, Any]] = field(default_factory=list)
     stop: StopRequest | None = None
+    settled: bool = False  # the evaluated weights are final (restored best): no longer derived from training
 
     @property
     def per_process_batch(self) -> int:
@@ -228,18 +233,28 @@ class Trainer:
                                    **record)
                 self._checkpoint_epoch(record)
                 if self.best.should_stop:
+                    counted = "epochs" if self.config.eval_every == 1 else "evaluations"
                     self.console.note(f"early stopping after epoch {epoch}: {self.best.metric} has not improved "
-                                      f"for {self.best.patience} epochs (best {self.best.best_value:.4f}, "
+                                      f"for {self.best.patience} {counted} (best {self.best.best_value:.4f}, "
                                       f"epoch {self.best.best_epoch})")
                     return "stopped early"
                 if self.stop.requested:
                     raise Interrupted()
         return "finished"
 
+    def evaluated_model(self) -> CnncModule:
+        """The module evaluation uses, and checkpoints hold as `model` (see the top of the module)."""
+        if self.average is None:
+            return self.model
+        if not self.settled:
+            self.average.refresh()
+        return cast(CnncModule, self.average.module)
+
     def restore_best_if_asked(self) -> int:
         """Load the best epoch's weights when early stopping says so; the epoch the model now holds."""
         if self.best.restore_best and self.best_state is not None and self.best.best_epoch != self.position.epoch:
-            self.model.load_state_dict(self.best_state)
+            self.evaluated_model().load_state_dict(self.best_state)
+            self.settled = True
             self.console.note(f"restored the weights of epoch {self.best.best_epoch} "
                               f"(best {self.best.metric} {self.best.best_value:.4f})")
             return self.best.best_epoch
@@ -251,6 +266,8 @@ class Trainer:
         order = shard(epoch_order(len(self.train_data), self.config.seed, epoch), self.world.rank,
                       self.world.size, pad=True).to(self.device)
         steps = batches(order, self.per_process_batch)
+        if self.preparer.augmenter is not None:
+            self.preparer.augmenter.begin_epoch(epoch)
         totals = self.totals or EpochTotals.zero(self.device)
         self.totals = None
         bar = self.console.bar(len(steps), self.position.step_in_epoch, f"epoch {epoch}/{self.config.epochs}")
@@ -267,7 +284,7 @@ class Trainer:
         loss_sum, right, examples = summed.tolist()
         record = {"epoch": epoch, "train_loss": loss_sum / examples, "train_accuracy": right / examples,
                   "val_loss": None, "val_accuracy": None, "lr": self.schedule.at(self.position.global_step - 1)}
-        if self.validation_data is not None:
+        if self.validation_data is not None and (epoch % self.config.eval_every == 0 or epoch == self.config.epochs):
             record["val_loss"], record["val_accuracy"], _ = self.evaluate(self.validation_data)
         record["seconds"] = time.perf_counter() - started
         record["images_per_second"] = examples / train_seconds
@@ -280,7 +297,7 @@ class Trainer:
         for step in range(self.position.step_in_epoch, len(steps)):
             self._check(epoch, step, len(steps), previous_loss, totals, started)
             indices = steps[step]
-            x = self.preparer(self.train_data.images[indices], train=True)
+            x = self.preparer(self.train_data.images[indices], train=True, indices=indices)
             labels = self.train_data.labels[indices]
             set_learning_rate(self.optimizer, self.schedule.at(self.position.global_step))
             with self.autocast():
@@ -292,6 +309,8 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad_norm)
             self.optimizer.step()
             self.position.global_step += 1
+            if self.average is not None:
+                self.average.after_step(self.position.global_step)
             self.position.step_in_epoch = step + 1
             previous_loss = loss.item()
             right = correct(output.detach(), labels)
@@ -337,8 +356,9 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, split: TensorSplit, confusion: bool = False) -> tuple[float, float, np.ndarray | None]:
         """(mean loss, accuracy, confusion matrix if asked) of the module in eval mode, over all processes."""
-        share_buffers(self.world, self.model)
-        self.model.eval()
+        model = self.evaluated_model()
+        share_buffers(self.world, model)
+        model.eval()
         classes = self.model.graph.num_classes
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         matrix = torch.zeros(classes * classes, dtype=torch.float64, device=self.device)
@@ -346,13 +366,14 @@ class Trainer:
         for chunk in batches(indices, EVAL_BATCH_SIZE):
             labels = split.labels[chunk]
             with self.autocast():
-                output = self.model(self.preparer(split.images[chunk], train=False))
+                x = self.preparer(split.images[chunk], train=False)
+                output = test_time_average(model, x, self.config.tta) if self.config.tta else model(x)
             sums += torch.stack([self.loss(output, labels, reduction="sum").double(),
                                  correct(output, labels).double(),
                                  torch.tensor(len(chunk), device=self.device).double()])
             if confusion:
                 matrix += torch.bincount(labels * classes + output.argmax(1), minlength=classes * classes).double()
-        self.model.train()
+        model.train()
         loss_sum, right, examples = sum_over_processes(self.world, sums).tolist()
         if confusion:
             matrix = sum_over_processes(self.world, matrix)
@@ -361,15 +382,20 @@ class Trainer:
 
     def _checkpoint_epoch(self, record: dict[str, Any]) -> None:
         if record["val_accuracy"] is not None and self.best.update(record[self.best.metric], record["epoch"]):
-            self.best_state = {name: tensor.detach().clone() for name, tensor in self.model.state_dict().items()}
+            self.best_state = {name: tensor.detach().clone()
+                               for name, tensor in self.evaluated_model().state_dict().items()}
             self.save("best", {})
         self.save("last", self.training_state(None))
 
     def training_state(self, totals: EpochTotals | None) -> dict[str, Any]:
         """The `training` entry of last.pt, with every process's random state and totals."""
-        per_process = gather(self.world, {"rng": rng_state(self.augment_generator),
+        per_process = gather(self.world, {"rng": rng_state(),
                                           "totals": totals.to_json() if totals is not None else None})
+        averaged = {} if self.average is None else {"weights": {
+            "live": {name: tensor.detach().cpu().contiguous() for name, tensor in self.model.state_dict().items()},
+            **self.average.state()}}
         return {
+            **averaged,
             "optimizer": self.optimizer.state_dict(),
             "schedule": {"global_step": self.position.global_step},
             "position": dict(self.position.__dict__),
@@ -379,16 +405,19 @@ class Trainer:
             "processes": per_process,
         }
 
-    def resume_from(self, training: dict[str, Any]) -> None:
-        """Continue from a checkpoint's `training` entry (see training_state)."""
+    def resume_from(self, training: dict[str, Any], evaluated: dict[str, Tensor]) -> None:
+        """Continue from a checkpoint's `training` entry (see training_state) and `model` (`evaluated`)."""
         if training["world_size"] != self.world.size:
             raise CnncError(f"the run was trained with {training['world_size']} process(es); resume it with the same "
                             f"number (torchrun --nproc_per_node={training['world_size']}), not {self.world.size}")
+        if self.average is not None:
+            self.model.load_state_dict(training["weights"]["live"])
+            self.average.load_state(training["weights"], evaluated)
         self.optimizer.load_state_dict(training["optimizer"])
         self.position = Position(**training["position"])
         self.best = BestTracker(**training["best"])
         self.history = list(training["history"])
         mine = training["processes"][self.world.rank]
-        restore_rng_state(mine["rng"], self.augment_generator)
+        restore_rng_state(mine["rng"])
         if mine["totals"] is not None:
             self.totals = EpochTotals.from_json(mine["totals"], self.device)

@@ -11,7 +11,7 @@ Conventions:
   non-trainable parameters and the state dict matches `initial_weights` key for key.
 - An array the op registry declares untrained (`trainable=false`, batchnorm's `scale=false`) is a
   parameter with requires_grad False: it stays in the state dict and `parameters()`, but receives no
-  gradient, and training gives the optimizer only `trainable_parameters(module)`.
+  gradient, and training gives the optimizer only the parameters that require one.
 - Parameters are float32 whatever the spec's input dtype: training runs in float32, optionally
   under autocast (bf16); the dtype is a deployment setting of the ONNX backend.
 - Padding follows the IR's resolved `pads` (top, bottom, left, right), asymmetric where TensorFlow's
@@ -509,11 +509,6 @@ class CnncModule(nn.Module):
                 child = owner._modules[part] = nn.Module()
             owner = child
         owner._modules[leaf] = layer
-
-
-def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
-    """The parameters that training updates: those the spec does not freeze."""
-    return [parameter for parameter in module.parameters() if parameter.requires_grad]
 
 
 def _with_releases(steps: list[_Step], output: int) -> list[_Step]:

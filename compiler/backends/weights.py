@@ -46,6 +46,11 @@ def parameter_shapes(graph: Graph) -> dict[str, tuple[int, ...]]:
     return {name: param.shape for name, param in node_parameters(graph)}
 
 
+def parameter_roles(graph: Graph) -> dict[str, str]:
+    """The role (Param.role: "weight", "bias" or "norm") of every parameter and buffer, by name."""
+    return {name: param.role for name, param in node_parameters(graph)}
+
+
 def initial_weights(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
     weights: dict[str, np.ndarray] = {}
     for name, param in node_parameters(graph):

@@ -136,7 +136,8 @@ def conv_parameters(attrs: Mapping[str, Any], output: Shape) -> tuple[Param, ...
     if init.name == DIRAC:  # the identity is per group of filters (torch.nn.init.dirac_'s groups)
         init = Option(DIRAC, (*init.settings, ("groups", attrs["groups"])))
     weight = Param("weight", (filters, attrs["in_channels"] // attrs["groups"], kh, kw), init, fans=fans)
-    return (weight, Param("bias", (filters,), attrs["bias_init"], fans=fans)) if attrs["bias"] else (weight,)
+    bias = Param("bias", (filters,), attrs["bias_init"], fans=fans, role="bias")
+    return (weight, bias) if attrs["bias"] else (weight,)
 
 
 def _conv_macs(attrs: Mapping[str, Any], inputs: tuple[Shape, ...], output: Shape) -> int:
@@ -266,7 +267,8 @@ def _transpose_parameters(attrs: Mapping[str, Any], output: Shape) -> tuple[Para
     filters, groups, channels = attrs["filters"], attrs["groups"], attrs["in_channels"]
     fans = (filters // groups * kh * kw, channels * kh * kw)
     weight = Param("weight", (channels, filters // groups, kh, kw), attrs["init"], fans=fans)
-    return (weight, Param("bias", (filters,), attrs["bias_init"], fans=fans)) if attrs["bias"] else (weight,)
+    bias = Param("bias", (filters,), attrs["bias_init"], fans=fans, role="bias")
+    return (weight, bias) if attrs["bias"] else (weight,)
 
 
 def _transpose_macs(attrs: Mapping[str, Any], inputs: tuple[Shape, ...], output: Shape) -> int:

@@ -62,13 +62,19 @@ class ShapeError(Exception):
 
 @dataclass(frozen=True)
 class Param:
-    """One array of a layer, named as in PyTorch's state_dict (`weight`, `running_mean`)."""
+    """One array of a layer, named as in PyTorch's state_dict (`weight`, `running_mean`).
+
+    `role` is what the optimizer's per-group settings go by (never the name): "weight" (the default),
+    "bias" (an additive term: the bias of a conv, transposed conv or dense layer, and the shift of a
+    norm layer) or "norm" (the other arrays of the norm family: scales and running statistics).
+    """
 
     name: str
     shape: Shape
     init: Option
     trainable: bool = True
     fans: tuple[int, int] = (1, 1)  # fan_in, fan_out, for the scaled initializers
+    role: str = "weight"
 
     @property
     def size(self) -> int:

@@ -30,7 +30,8 @@ def _dense_infer(label: str, attrs: Mapping[str, Any], inputs: tuple[TensorInfo,
 def _dense_parameters(attrs: Mapping[str, Any], output: Shape) -> tuple[Param, ...]:
     units, features = attrs["units"], attrs["in_features"]
     weight = Param("weight", (units, features), attrs["init"], fans=(features, units))
-    return (weight, Param("bias", (units,), attrs["bias_init"], fans=(features, units))) if attrs["bias"] else (weight,)
+    bias = Param("bias", (units,), attrs["bias_init"], fans=(features, units), role="bias")
+    return (weight, bias) if attrs["bias"] else (weight,)
 
 
 def _dense_macs(attrs: Mapping[str, Any], inputs: tuple[Shape, ...], output: Shape) -> int:

@@ -34,10 +34,10 @@ def _batchnorm_infer(label: str, attrs: Mapping[str, Any], inputs: tuple[TensorI
 
 def _batchnorm_parameters(attrs: Mapping[str, Any], output: Shape) -> tuple[Param, ...]:
     channels = (output[0],)
-    scale = Param("weight", channels, ONES, trainable=attrs["scale"])
-    affine = (scale, Param("bias", channels, ZEROS)) if attrs["affine"] else ()
-    return (*affine, Param("running_mean", channels, ZEROS, trainable=False),
-            Param("running_var", channels, ONES, trainable=False))
+    scale = Param("weight", channels, ONES, trainable=attrs["scale"], role="norm")
+    affine = (scale, Param("bias", channels, ZEROS, role="bias")) if attrs["affine"] else ()
+    return (*affine, Param("running_mean", channels, ZEROS, trainable=False, role="norm"),
+            Param("running_var", channels, ONES, trainable=False, role="norm"))
 
 
 BATCHNORM = OpDef(
@@ -58,7 +58,8 @@ BATCHNORM = OpDef(
 
 def _affine_parameters(attrs: Mapping[str, Any], output: Shape) -> tuple[Param, ...]:
     channels = (output[0],)
-    return (Param("weight", channels, ONES), Param("bias", channels, ZEROS)) if attrs["affine"] else ()
+    scale, shift = Param("weight", channels, ONES, role="norm"), Param("bias", channels, ZEROS, role="bias")
+    return (scale, shift) if attrs["affine"] else ()
 
 
 _NORM_ARGS = (ArgSpec("eps", Float(minimum=0), 1e-5), ArgSpec("affine", Bool(), True), TRAINABLE)
@@ -88,7 +89,7 @@ GROUPNORM = OpDef(
 
 
 def _scale_parameters(attrs: Mapping[str, Any], output: Shape) -> tuple[Param, ...]:
-    return (Param("weight", (output[0],), Option("constant", (("value", attrs["init"]),))),)
+    return (Param("weight", (output[0],), Option("constant", (("value", attrs["init"]),)), role="norm"),)
 
 
 SCALE = OpDef(
