@@ -293,6 +293,9 @@ class Check:
         data = self.args.data or (Path(os.environ["CNNC_DATA"]) if os.environ.get("CNNC_DATA") else None)
         if data is None and (ROOT / ".gpudata").is_dir():
             data = ROOT / ".gpudata"
+        if data is None and self.cuda:  # the GPU machine has no CIFAR-10 of its own, nor a network
+            return {"status": UNAVAILABLE, "reason": "no CIFAR-10: give --data, set CNNC_DATA or carry .gpudata/ "
+                                                     "(bench/GPU.md)"}
         if data is not None:
             env["CNNC_DATA"] = str(data.resolve())
             missing = _missing_cifar(data) if self.cuda else []
