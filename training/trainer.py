@@ -9,6 +9,14 @@ On CPU a resumed run therefore ends with bit-identical weights to an uninterrupt
 
 Evaluation (validation, test) uses `evaluated_model()`: the weight average's module when there is
 one, else the trained module; with `tta`, its outputs averaged over the test-time views.
+
+Synchronisation: reading a value of the device on the host (a loss, to check it and add it up) waits
+for the device to finish all the work queued so far. On CUDA the steps' losses therefore stay on the
+device and are read together every CUDA_SYNC_EVERY steps, at the end of the epoch and before a
+checkpoint mid-epoch; the totals and the non-finite-loss check come out exactly as if each loss had
+been read at once (the same values, added in the same order; the error names the step whose loss
+first went bad), only up to CUDA_SYNC_EVERY - 1 steps later. On CPU, where a read costs nothing,
+every step is read at once. Under torchrun the processes agree on stopping where they read.
 """
 
 from __future__ import annotations
@@ -42,6 +50,19 @@ EVAL_BATCH_SIZE = 1000
 # Fault injection for the tests of resume and interruption: "SIGNAL:N" makes the process send
 # itself SIGNAL (KILL, INT or TERM) right after its N-th optimizer step.
 SIGNAL_AT_STEP_ENV = "CNNC_TEST_SIGNAL_AT_STEP"
+# Steps whose losses are read together on CUDA (see the top): a synchronisation lets the device's
+# queue run dry, which costs far less than a step once it happens this rarely.
+CUDA_SYNC_EVERY = 16
+# For the tests: read the losses every N steps on any device, so that CPU runs cover the CUDA path.
+SYNC_EVERY_ENV = "CNNC_TEST_SYNC_EVERY"
+
+
+def sync_interval(device: torch.device) -> int:
+    """How many steps' losses are read at once on `device` (see the top)."""
+    forced = os.environ.get(SYNC_EVERY_ENV)
+    if forced:
+        return int(forced)
+    return 1 if device.type == "cpu" else CUDA_SYNC_EVERY
 
 
 class Interrupted(Exception):
@@ -76,6 +97,32 @@ class EpochTotals:
     def from_json(data: dict[str, Any], device: torch.device) -> EpochTotals:
         return EpochTotals(torch.tensor(data["correct"], dtype=torch.int64, device=device), data["loss_sum"],
                            data["examples"], data["seconds"])
+
+
+@dataclass
+class PendingLosses:
+    """The losses of the steps not read on the host yet, still on the device, with their batch sizes."""
+
+    first_step: int  # the step (in the epoch) of losses[0]
+    losses: list[Tensor] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+
+    def add(self, loss: Tensor, size: int) -> None:
+        self.losses.append(loss.detach())
+        self.sizes.append(size)
+
+    def read(self, totals: EpochTotals) -> tuple[int, float] | None:
+        """Add the losses to `totals` (in step order, as floats, exactly as one read per step would)
+        and forget them: one synchronisation. The step and value of the first non-finite one, if any."""
+        values: list[float] = torch.stack(self.losses).tolist() if self.losses else []
+        bad = None
+        for offset, (value, size) in enumerate(zip(values, self.sizes)):
+            totals.loss_sum += value * size
+            if bad is None and not math.isfinite(value):
+                bad = (self.first_step + offset, value)
+        self.first_step += len(values)
+        self.losses, self.sizes = [], []
+        return bad
 
 
 @dataclass
@@ -213,6 +260,7 @@ class Trainer:
     history: list[dict[str, Any]] = field(default_factory=list)
     stop: StopRequest | None = None
     settled: bool = False  # the evaluated weights are final (restored best): no longer derived from training
+    sync_every: int = 1  # steps whose losses are read at once (see the top)
 
     @property
     def per_process_batch(self) -> int:
@@ -293,17 +341,19 @@ class Trainer:
 
     def _steps(self, epoch: int, steps: list[Tensor], totals: EpochTotals, bar: Bar, started: float) -> None:
         fault = _injected_fault()
-        previous_loss: float | None = None
+        pending = PendingLosses(self.position.step_in_epoch)
         for step in range(self.position.step_in_epoch, len(steps)):
-            self._check(epoch, step, len(steps), previous_loss, totals, started)
+            self._check(epoch, step, len(steps), pending, totals, bar, started)
             indices = steps[step]
             x = self.preparer(self.train_data.images[indices], train=True, indices=indices)
             labels = self.train_data.labels[indices]
             set_learning_rate(self.optimizer, self.schedule.at(self.position.global_step))
+            # Gradients are dropped before the forward pass: under CUDA graphs (--cuda-graphs) the last
+            # step's gradients live in memory that the next replay reuses.
+            self.optimizer.zero_grad(set_to_none=True)
             with self.autocast():
                 output = self.train_model(x)
                 loss = self.loss(output, labels)
-            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.config.clip_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad_norm)
@@ -312,32 +362,35 @@ class Trainer:
             if self.average is not None:
                 self.average.after_step(self.position.global_step)
             self.position.step_in_epoch = step + 1
-            previous_loss = loss.item()
-            right = correct(output.detach(), labels)
-            totals.loss_sum += previous_loss * len(labels)
-            totals.correct += right
+            pending.add(loss, len(labels))
+            totals.correct += correct(output.detach(), labels)
             totals.examples += len(labels)
-            if self.console.mode == "text":
-                bar.update(totals.loss_sum / totals.examples, totals.correct.item() / totals.examples)
             if fault is not None and self.position.global_step == fault[1]:
                 os.kill(os.getpid(), fault[0])
-        self._check(epoch, len(steps), len(steps), previous_loss, totals, started, may_stop=False)
+        self._check(epoch, len(steps), len(steps), pending, totals, bar, started, may_stop=False)
 
-    def _check(self, epoch: int, step: int, steps: int, previous_loss: float | None, totals: EpochTotals,
+    def _check(self, epoch: int, step: int, steps: int, pending: PendingLosses, totals: EpochTotals, bar: Bar,
                started: float, may_stop: bool = True) -> None:
-        """Before each step: stop if the previous step's loss was not finite, or if asked to (after
-        saving a checkpoint at this exact position). All processes agree, in one collective."""
-        bad = previous_loss is not None and not math.isfinite(previous_loss)
+        """Before each step: stop if a loss was not finite, or if asked to (after saving a checkpoint at
+        this exact position). Losses are read every sync_every steps (and at the end, and before stopping);
+        under torchrun all processes agree there, in one collective, and only there."""
+        # Nothing pending: the first step of this loop (every process reaches it at the same step).
+        due = not may_stop or not pending.losses or len(pending.losses) >= self.sync_every
         asked = may_stop and self.stop is not None and self.stop.requested
+        if not (due or (asked and not self.world.distributed)):
+            return
+        read_any = bool(pending.losses)
+        bad = pending.read(totals)
+        if read_any and bar.live:
+            bar.update(step, totals.loss_sum / totals.examples, totals.correct.item() / totals.examples)
+        first_bad = bad[0] if bad is not None else math.inf
         if self.world.distributed:
-            flags = max_over_processes(self.world, torch.tensor([float(bad), float(asked)], device=self.device))
-            bad_anywhere, asked = bool(flags[0]), bool(flags[1])
-        else:
-            bad_anywhere = bad
-        if bad_anywhere:
+            flags = max_over_processes(self.world, torch.tensor([float(asked), -first_bad], device=self.device))
+            asked, first_bad = bool(flags[0]), -float(flags[1])
+        if first_bad != math.inf:
+            value = bad[1] if bad is not None and bad[0] == first_bad else "non-finite"
             raise NonFiniteLoss(
-                f"the training loss became {previous_loss if bad else 'non-finite'} at epoch {epoch}, "
-                f"step {step} of {steps}; "
+                f"the training loss became {value} at epoch {epoch}, step {int(first_bad) + 1} of {steps}; "
                 f"training stopped. {self._last_good_checkpoint()} Try a lower learning rate "
                 f"(now {self.config.optimizer['lr']}) or clip_grad in the train section.")
         if asked:
