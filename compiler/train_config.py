@@ -107,7 +107,9 @@ EMA = OneOf("a weight average", {
 
 LOOKAHEAD = OneOf("lookahead", {
     "lookahead": (ArgSpec("k", Int(minimum=1), 5, doc="steps between synchronisations"),
-                  ArgSpec("alpha", Float(minimum=0, maximum=1), 0.5)),
+                  ArgSpec("alpha", Float(minimum=0, maximum=1), 0.5),
+                  ArgSpec("ramp", Float(minimum=0), 0.0,
+                          doc="alpha after step s: 1 - (1 - alpha) * (s / total steps) ** ramp; 0: alpha throughout")),
 })
 
 NORMALIZE = OneOf("a normalisation", {

@@ -6,8 +6,10 @@
                    of epoch `start`), average += (1 - decay) * (live - average). Buffers (batch-norm
                    running statistics) are not averaged, being averages already: they are copied
                    from the live model whenever the average changes.
-    lookahead(k, alpha)  Zhang et al. 2019: after every k-th step (counted from the first of the run),
-                   slow += alpha * (fast - slow), then fast = slow; the optimizer trains the fast
+    lookahead(k, alpha, ramp)  Zhang et al. 2019: after every k-th step (counted from the first of the
+                   run), slow += alpha * (fast - slow), then fast = slow; with ramp > 0, alpha after
+                   step s is 1 - (1 - alpha) * (s / total steps) ** ramp (airbench's schedule: the
+                   average only takes hold late in the run); the optimizer trains the fast
                    weights. Evaluation uses the weights a synchronisation would give at that moment,
                    slow + alpha * (fast - slow), with the live buffers (right after a synchronisation,
                    those are the fast = slow weights themselves); training is not changed by it.
@@ -57,22 +59,32 @@ class Ema:
     def state(self) -> dict[str, Any]:
         return {}  # the average itself is the checkpoint's model
 
-    def load_state(self, state: Mapping[str, Any], evaluated: Mapping[str, Tensor]) -> None:
+    def load_state(self, state: Mapping[str, Any], evaluated: Mapping[str, Tensor], global_step: int) -> None:
         self.module.load_state_dict(evaluated)
 
 
 class Lookahead:
-    def __init__(self, model: nn.Module, option: Option) -> None:
+    def __init__(self, model: nn.Module, option: Option, total_steps: int) -> None:
         self.live = model
-        self.k, self.alpha = option["k"], option["alpha"]
+        self.k, self.final_alpha, self.ramp = option["k"], option["alpha"], option["ramp"]
+        self.total_steps = total_steps
+        self.alpha = self.alpha_at(0)
         self.module = copy.deepcopy(model).requires_grad_(False)
         self._names = [name for name, _ in model.named_parameters()]
         self._fast: list[Tensor] = list(model.parameters())
         self._slow = [parameter.detach().clone() for parameter in self._fast]
         self._view_parameters: list[Tensor] = list(self.module.parameters())
 
+    def alpha_at(self, global_step: int) -> float:
+        """alpha after `global_step` steps: with `ramp`, 1 - (1 - alpha) * (step / total steps) ** ramp."""
+        if not self.ramp:
+            return self.final_alpha
+        progress = min(global_step / max(self.total_steps, 1), 1.0)
+        return 1 - (1 - self.final_alpha) * progress ** self.ramp
+
     @torch.no_grad()
     def after_step(self, global_step: int) -> None:
+        self.alpha = self.alpha_at(global_step)
         if global_step % self.k == 0:
             torch._foreach_lerp_(self._slow, self._fast, self.alpha)
             torch._foreach_copy_(self._fast, self._slow)
@@ -88,7 +100,8 @@ class Lookahead:
         return {"slow": {name: slow.detach().cpu().clone() for name, slow in zip(self._names, self._slow, strict=True)}}
 
     @torch.no_grad()
-    def load_state(self, state: Mapping[str, Any], evaluated: Mapping[str, Tensor]) -> None:
+    def load_state(self, state: Mapping[str, Any], evaluated: Mapping[str, Tensor], global_step: int) -> None:
+        self.alpha = self.alpha_at(global_step)
         for name, slow in zip(self._names, self._slow, strict=True):
             slow.copy_(state["slow"][name])
 
@@ -97,12 +110,12 @@ WeightAverage = Ema | Lookahead
 
 
 def weight_average(model: nn.Module, ema: Option | None, lookahead: Option | None,
-                   steps_per_epoch: int) -> WeightAverage | None:
+                   steps_per_epoch: int, total_steps: int) -> WeightAverage | None:
     """The train section's average (the checker allows one at most), or None."""
     if ema is not None:
         return Ema(model, ema, steps_per_epoch)
     if lookahead is not None:
-        return Lookahead(model, lookahead)
+        return Lookahead(model, lookahead, total_steps)
     return None
 
 

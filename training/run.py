@@ -530,7 +530,7 @@ def _build_trainer(model: CnncModule, loss: CrossEntropy, config: TrainConfig, e
         autocast=_autocast(execution, device),
         console=console,
         metrics=MetricsLog(run_dir / METRICS) if world.is_main else None,
-        average=weight_average(model, config.ema, config.lookahead, steps_per_epoch),
+        average=weight_average(model, config.ema, config.lookahead, steps_per_epoch, config.epochs * steps_per_epoch),
         best=BestTracker.of(config),
         sync_every=sync_interval(device),
     )

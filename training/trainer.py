@@ -465,9 +465,10 @@ class Trainer:
                             f"number (torchrun --nproc_per_node={training['world_size']}), not {self.world.size}")
         if self.average is not None:
             self.model.load_state_dict(training["weights"]["live"])
-            self.average.load_state(training["weights"], evaluated)
         self.optimizer.load_state_dict(training["optimizer"])
         self.position = Position(**training["position"])
+        if self.average is not None:
+            self.average.load_state(training["weights"], evaluated, self.position.global_step)
         self.best = BestTracker(**training["best"])
         self.history = list(training["history"])
         mine = training["processes"][self.world.rank]
