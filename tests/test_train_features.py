@@ -74,7 +74,7 @@ train {
     batch 32
     epochs 3
     augment crop(2, fill=reflect), hflip(alternate=true), cutout(5)
-    lookahead(k=3, alpha=0.5)
+    lookahead(k=3, alpha=0.5, ramp=2)
     validation 0.2
     eval_every 2
     seed 5
@@ -384,9 +384,14 @@ def test_settings_json_records_the_features_only_when_used() -> None:
     assert (featured["tta"], featured["ema"]) == (["hflip", "translate(pixels=1)"], "ema(decay=0.8, start=1, every=3)")
 
 
-def test_lookahead_synchronises_every_k_steps() -> None:
-    model = torch.nn.Linear(3, 2)
-    lookahead = Lookahead(model, Option("lookahead", (("k", 3), ("alpha", 0.25))))
+@pytest.mark.parametrize("ramp", [0.0, 2.0])
+def test_lookahead_synchronises_every_k_steps(ramp: float) -> None:
+    model, total_steps = torch.nn.Linear(3, 2), 8
+    lookahead = Lookahead(model, Option("lookahead", (("k", 3), ("alpha", 0.25), ("ramp", ramp))), total_steps)
+
+    def alpha(step: int) -> float:  # as docs/language.md says
+        return 0.25 if ramp == 0 else 1 - 0.75 * (step / total_steps) ** ramp
+
     slow = [p.detach().clone() for p in model.parameters()]
     for step in range(1, 8):
         with torch.no_grad():
@@ -395,10 +400,10 @@ def test_lookahead_synchronises_every_k_steps() -> None:
         fast = [p.detach().clone() for p in model.parameters()]
         lookahead.after_step(step)
         if step % 3 == 0:
-            slow = [s + 0.25 * (f - s) for s, f in zip(slow, fast, strict=True)]
+            slow = [s + alpha(step) * (f - s) for s, f in zip(slow, fast, strict=True)]
             fast = slow
         for parameter, expected in zip(model.parameters(), fast, strict=True):
             torch.testing.assert_close(parameter.detach(), expected, rtol=0, atol=1e-6)
     lookahead.refresh()
     for evaluated, s, f in zip(lookahead.module.parameters(), slow, model.parameters(), strict=True):
-        torch.testing.assert_close(evaluated, s + 0.25 * (f.detach() - s), rtol=0, atol=1e-6)
+        torch.testing.assert_close(evaluated, s + alpha(7) * (f.detach() - s), rtol=0, atol=1e-6)

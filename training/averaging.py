@@ -9,10 +9,11 @@
     lookahead(k, alpha, ramp)  Zhang et al. 2019: after every k-th step (counted from the first of the
                    run), slow += alpha * (fast - slow), then fast = slow; with ramp > 0, alpha after
                    step s is 1 - (1 - alpha) * (s / total steps) ** ramp (airbench's schedule: the
-                   average only takes hold late in the run); the optimizer trains the fast
+                   average only takes hold late in the run); the running statistics of batch
+                   norm are averaged like the parameters; the optimizer trains the fast
                    weights. Evaluation uses the weights a synchronisation would give at that moment,
-                   slow + alpha * (fast - slow), with the live buffers (right after a synchronisation,
-                   those are the fast = slow weights themselves); training is not changed by it.
+                   slow + alpha * (fast - slow) (right after a synchronisation, those are the
+                   fast = slow weights themselves); training is not changed by it.
 
 Each keeps a module of its own, `module` (brought up to date by `refresh()`), that validation, the
 test, best.pt and the checkpoint's `model` (and so `cnnc export`) use; the live weights training
@@ -70,10 +71,11 @@ class Lookahead:
         self.total_steps = total_steps
         self.alpha = self.alpha_at(0)
         self.module = copy.deepcopy(model).requires_grad_(False)
-        self._names = [name for name, _ in model.named_parameters()]
-        self._fast: list[Tensor] = list(model.parameters())
-        self._slow = [parameter.detach().clone() for parameter in self._fast]
-        self._view_parameters: list[Tensor] = list(self.module.parameters())
+        # The running statistics move with the weights they describe, so they are averaged too
+        # (as airbench's lookahead does): live statistics of a few batches would not match slow weights.
+        self._names, self._fast = _averaged(model)
+        self._slow = [tensor.detach().clone() for tensor in self._fast]
+        self._views = _averaged(self.module)[1]
 
     def alpha_at(self, global_step: int) -> float:
         """alpha after `global_step` steps: with `ramp`, 1 - (1 - alpha) * (step / total steps) ** ramp."""
@@ -91,10 +93,10 @@ class Lookahead:
 
     @torch.no_grad()
     def refresh(self) -> None:
-        """The module := what a synchronisation would give now, with the live buffers."""
-        for view, slow, fast in zip(self._view_parameters, self._slow, self._fast, strict=True):
+        """The module := what a synchronisation would give now."""
+        for view, slow, fast in zip(self._views, self._slow, self._fast, strict=True):
             torch.lerp(slow, fast, self.alpha, out=view)
-        _copy_buffers(self.module, self.live)
+        _copy_buffers(self.module, self.live, floating=False)
 
     def state(self) -> dict[str, Any]:
         return {"slow": {name: slow.detach().cpu().clone() for name, slow in zip(self._names, self._slow, strict=True)}}
@@ -119,6 +121,15 @@ def weight_average(model: nn.Module, ema: Option | None, lookahead: Option | Non
     return None
 
 
-def _copy_buffers(target: nn.Module, source: nn.Module) -> None:
+def _averaged(model: nn.Module) -> tuple[list[str], list[Tensor]]:
+    """The names and tensors that lookahead averages: the parameters and the floating-point buffers."""
+    named = [*model.named_parameters(), *((name, buffer) for name, buffer in model.named_buffers()
+                                          if buffer.is_floating_point())]
+    return [name for name, _ in named], [tensor for _, tensor in named]
+
+
+def _copy_buffers(target: nn.Module, source: nn.Module, floating: bool = True) -> None:
+    """Copy the buffers (with floating=False: only the others, such as counters)."""
     for mine, theirs in zip(target.buffers(), source.buffers(), strict=True):
-        mine.copy_(theirs)
+        if floating or not theirs.is_floating_point():
+            mine.copy_(theirs)
