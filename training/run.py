@@ -516,12 +516,15 @@ def _build_trainer(model: CnncModule, loss: CrossEntropy, config: TrainConfig, e
     augmenter = Augmenter(config.augment, config.seed, len(splits.train), splits.train.image_shape,
                           device) if config.augment else None
     steps_per_epoch = math.ceil(math.ceil(len(splits.train) / world.size) / (config.batch_size // world.size))
+    total_steps = config.epochs * steps_per_epoch
+    # copied before DDP or torch.compile wraps the module
+    average = weight_average(model, config.ema, config.lookahead, steps_per_epoch, total_steps)
     return Trainer(
         model=model,
         train_model=_training_module(model, execution, world, device, console),
         optimizer=build_optimizer(model.named_parameters(), parameter_roles(model.graph), config.optimizer),
         schedule=LearningRateSchedule(config.optimizer["lr"], config.schedule, steps_per_epoch,
-                                      config.epochs * steps_per_epoch, config.warmup_epochs * steps_per_epoch),
+                                      total_steps, config.warmup_epochs * steps_per_epoch),
         loss=loss,
         preparer=BatchPreparer(normalization, device, execution.channels_last, augmenter),
         train_data=TensorSplit.of(splits.train, device),
@@ -530,7 +533,7 @@ def _build_trainer(model: CnncModule, loss: CrossEntropy, config: TrainConfig, e
         autocast=_autocast(execution, device),
         console=console,
         metrics=MetricsLog(run_dir / METRICS) if world.is_main else None,
-        average=weight_average(model, config.ema, config.lookahead, steps_per_epoch, config.epochs * steps_per_epoch),
+        average=average,
         best=BestTracker.of(config),
         sync_every=sync_interval(device),
     )
