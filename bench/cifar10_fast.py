@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SPEC = "specs/cifar10_fast.cnn"
 RESULTS_JSON = ROOT / "bench" / "cifar10_fast.json"
 REPORT = ROOT / "bench" / "CIFAR10_FAST.md"
+NOTES = ROOT / "bench" / "cifar10_fast_notes.md"  # what the person who ran it observed, appended to the report
 TARGET_ACCURACY = 0.90
 TARGET_SECONDS = 600.0
 LOAD_SAMPLE_SECONDS = 5.0
@@ -110,6 +111,8 @@ def report(results: dict[str, dict]) -> str:
                      f"{r['load_max']:.2f} | {'yes' if ok else '**no**'} | {r['date']} |")
     lines += ["", "Commands:", ""] + [f"- `{r['command']}`" for r in runs]
     lines += ["", "Machine: " + "; ".join(sorted({r["machine"] for r in runs}))]
+    if NOTES.exists():
+        lines += ["", NOTES.read_text().rstrip()]
     return "\n".join(lines) + "\n"
 
 
