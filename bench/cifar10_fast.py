@@ -19,15 +19,13 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import threading
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_results import machine_description  # noqa: E402
+from train_results import machine_description, run_train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = "specs/cifar10_fast.cnn"
@@ -63,24 +61,17 @@ class LoadSampler:
 def train(seed: int, data: str, extra: list[str]) -> dict:
     run_dir = ROOT / "runs" / "bench-cifar10-fast" / f"seed{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
-    command = [sys.executable, "-m", "cnnc", "train", SPEC, "--seed", str(seed), "--data", data, "--json",
-               "--out", str(run_dir.relative_to(ROOT)), *extra]
     load_before = os.getloadavg()[0]
     with LoadSampler() as load:
-        started = time.perf_counter()
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-        wall = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"seed {seed} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    epochs = [event for event in events if event["event"] == "epoch"]
-    final = next(event for event in events if event["event"] == "done")
+        run = run_train([SPEC, "--seed", str(seed), "--data", data, "--out", str(run_dir.relative_to(ROOT)), *extra],
+                        f"seed {seed}")
+    epochs = run.epochs
     return {
         "seed": seed,
-        "command": " ".join(["python -m cnnc", *command[3:]]),
-        "test_accuracy": final["test_accuracy"],
+        "command": run.command,
+        "test_accuracy": run.final["test_accuracy"],
         "epochs": len(epochs),
-        "wall_seconds": wall,
+        "wall_seconds": run.wall_seconds,
         "train_seconds": sum(event["seconds"] for event in epochs),
         "load_before": load_before,
         "load_max": max(load.samples, default=load_before),
