@@ -100,19 +100,25 @@ def train(request: TrainRequest) -> int:
     """Run (or resume) a training run; the exit code."""
     device_type, device_note = resolve_device(request.device)
     world = join_world(device_type)
-    console = Console(request.mode, enabled=world.is_main)
     try:
-        if request.resume is not None:
-            session = _resume(request, device_type, world, console)
-        else:
-            session = _start(request, device_type, world, console)
-        if session is None:
-            return 0
-        if device_note:
-            console.note(device_note)
-        return session.run()
+        return _run_session(request, device_type, device_note, world)
     finally:
         leave_world(world)
+
+
+def _run_session(request: TrainRequest, device_type: str, device_note: str | None, world: World) -> int:
+    """The run itself, in its own frame: once it returns, nothing of the session (DistributedDataParallel
+    holds the process group) outlives it, so that leave_world can free it before destroying the group."""
+    console = Console(request.mode, enabled=world.is_main)
+    if request.resume is not None:
+        session = _resume(request, device_type, world, console)
+    else:
+        session = _start(request, device_type, world, console)
+    if session is None:
+        return 0
+    if device_note:
+        console.note(device_note)
+    return session.run()
 
 
 def resolve_device(choice: str) -> tuple[str, str | None]:
