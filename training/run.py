@@ -23,7 +23,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
@@ -45,6 +45,7 @@ from cnnc.training.data import BatchPreparer, Normalization, Splits, TensorSplit
 from cnnc.training.distributed import World, gather, join_world, leave_world
 from cnnc.training.losses import CrossEntropy
 from cnnc.training.optim import LearningRateSchedule, build_optimizer
+from cnnc.training.plotter import Plots
 from cnnc.training.reporting import (
     CONFUSION_JSON,
     CONFUSION_PNG,
@@ -52,8 +53,6 @@ from cnnc.training.reporting import (
     METRICS,
     Console,
     MetricsLog,
-    write_confusion_matrix,
-    write_curves,
 )
 from cnnc.training.settings import Overrides, config_to_json, effective_config
 from cnnc.training.trainer import BestTracker, Interrupted, Trainer
@@ -91,8 +90,8 @@ class TrainRequest:
     download: bool = True               # fetch a standard dataset's missing files
 
 
-def train(request: TrainRequest) -> int:
-    """Run (or resume) a training run; the exit code."""
+def train(request: TrainRequest, plots: Plots | None = None) -> int:
+    """Run (or resume) a training run; the exit code. `plots` draws the plots (by default here, at the end)."""
     device_type, device_note = resolve_device(request.device)
     world = join_world(device_type)
     console = Console(request.mode, enabled=world.is_main)
@@ -103,6 +102,8 @@ def train(request: TrainRequest) -> int:
             session = _start(request, device_type, world, console)
         if session is None:
             return 0
+        if plots is not None:
+            session.plots = plots
         if device_note:
             console.note(device_note)
         return session.run()
@@ -290,6 +291,7 @@ class Session:
     trainer: Trainer
     started: float
     settings: dict[str, Any]  # settings.json, also stored in every checkpoint
+    plots: Plots = field(default_factory=Plots)
 
     @staticmethod
     def create(program: Program, overrides: Overrides, execution: Execution, world: World, console: Console,
@@ -387,6 +389,9 @@ class Session:
     def _finish(self, outcome: str) -> int:
         trainer = self.trainer
         model_epoch = trainer.restore_best_if_asked()
+        title = self.program.graph.name
+        if self.world.is_main and trainer.history:  # drawn (by the plot helper) while the test set is evaluated
+            self.plots.curves(trainer.history, self.run_dir / CURVES, title)
         test_loss, test_accuracy, matrix = trainer.evaluate(TensorSplit.of(self.splits.test, trainer.device),
                                                             confusion=True)
         record = {"test_loss": test_loss, "test_accuracy": test_accuracy, "test_examples": len(self.splits.test),
@@ -395,7 +400,8 @@ class Session:
         if self.world.is_main:
             assert trainer.metrics is not None and matrix is not None  # rank 0 logs; confusion=True
             trainer.metrics.append(record)
-            self._write_plots(matrix)
+            self.plots.confusion_matrix(matrix, self.splits.test.classes, self.run_dir, title)
+            self.plots.wait()
             final = {"finished": True, "test_accuracy": test_accuracy, "test_loss": test_loss}
             self._save(LAST, {**final, "training": training, "epoch": model_epoch})
             if model_epoch == trainer.best.best_epoch and (self.run_dir / BEST).exists():
@@ -407,13 +413,6 @@ class Session:
             f"{trainer.position.epoch} epochs ({outcome}, {seconds:.0f}s); run directory: {self.run_dir}",
             run_dir=str(self.run_dir), outcome=outcome, seconds=seconds, **record)
         return 0
-
-    def _write_plots(self, matrix: np.ndarray) -> None:
-        title = self.program.graph.name
-        history = self.trainer.history
-        if history:
-            write_curves(history, self.run_dir / CURVES, title)
-        write_confusion_matrix(matrix, self.splits.test.classes, self.run_dir, title)
 
     # --- files -----------------------------------------------------------------------------------
 
