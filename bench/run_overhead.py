@@ -365,9 +365,19 @@ def main() -> int:
     text = report(args.spec, args.data, extra, runs, breakdown, (loads, os.getloadavg()), command)
     print(text)
     if args.write:
-        Path(args.write).write_text(text)
+        write_keeping_notes(Path(args.write), text)
         print(f"wrote {args.write}")
     return 0
+
+
+NOTES = "## Notes (written by hand)"
+
+
+def write_keeping_notes(path: Path, text: str) -> None:
+    """Write the report to `path`, keeping the hand-written notes at the end of the file it replaces."""
+    old = path.read_text() if path.exists() else ""
+    notes = old[old.index(NOTES):] if NOTES in old else ""
+    path.write_text(text + ("\n" + notes if notes else ""))
 
 
 if __name__ == "__main__":
