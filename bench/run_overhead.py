@@ -58,6 +58,7 @@ TIMED_MODULES = {
 TIMED_FUNCTIONS = (
     ("cnnc.compiler.check", "load_program", "spec check"),
     ("cnnc.training.data", "load_splits", "data load"),
+    ("cnnc.datasets.standard", "_load", "data files read and decoded"),
     ("cnnc.compiler.backends.pytorch", "build_module", "model build"),
     ("cnnc.training.run", "Session.create", "session (data, model, trainer)"),
     ("cnnc.training.run", "Session.write_run_files", "run files (spec, IR, settings.json)"),
