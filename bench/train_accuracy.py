@@ -17,14 +17,12 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_results import machine_description, replace_section  # noqa: E402
+from train_results import machine_description, replace_section, run_train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_JSON = ROOT / "bench" / "train_accuracy.json"
@@ -43,25 +41,17 @@ TARGETS = {
 def train(spec: str, data: str, extra: list[str]) -> dict:
     run_dir = ROOT / "runs" / "bench-accuracy" / spec
     shutil.rmtree(run_dir, ignore_errors=True)
-    command = [sys.executable, "-m", "cnnc", "train", f"specs/{spec}.cnn", "--data", data, "--json",
-               "--out", str(run_dir.relative_to(ROOT)), *extra]
     load_before = os.getloadavg()[0]
-    started = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"{spec} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    epochs = [event for event in events if event["event"] == "epoch"]
-    final = next(event for event in events if event["event"] == "done")
+    run = run_train([f"specs/{spec}.cnn", "--data", data, "--out", str(run_dir.relative_to(ROOT)), *extra], spec)
+    epochs, final = run.epochs, run.final
     return {
         "spec": spec,
-        "command": " ".join(["python -m cnnc", *command[3:]]),
+        "command": run.command,
         "test_accuracy": final["test_accuracy"],
         "target": TARGETS[spec],
         "epochs": len(epochs),
         "model_epoch": final["model_epoch"],
-        "wall_seconds": wall,
+        "wall_seconds": run.wall_seconds,
         "train_images_per_second": statistics.median(e["images_per_second"] for e in epochs),
         "best_val_accuracy": max((e["val_accuracy"] for e in epochs if e["val_accuracy"] is not None), default=None),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -6,9 +6,16 @@ Each benchmark owns one section of bench/RESULTS.md, between `<!-- NAME:begin --
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def machine_description() -> str:
@@ -22,6 +29,30 @@ def machine_description() -> str:
                     if line.startswith("model name")), cpu)
     return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
             f"numpy {numpy.__version__}, Python {platform.python_version()}, {platform.system()} {platform.release()}")
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    """A finished `cnnc train --json` process: how it was called, its wall time, its events."""
+
+    command: str  # as a person would type it
+    wall_seconds: float
+    epochs: list[dict]
+    final: dict
+
+
+def run_train(arguments: list[str], label: str) -> TrainRun:
+    """`python -m cnnc train ARGUMENTS --json` from the repository's root, timed; exits on failure."""
+    command = [sys.executable, "-m", "cnnc", "train", *arguments, "--json"]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{label} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return TrainRun(" ".join(["python -m cnnc", *command[3:]]), wall,
+                    [event for event in events if event["event"] == "epoch"],
+                    next(event for event in events if event["event"] == "done"))
 
 
 def replace_section(path: Path, name: str, text: str) -> None:

@@ -59,17 +59,19 @@ class Float:
     minimum: float | None = None
     maximum: float | None = None
     below: float | None = None  # an exclusive upper bound, e.g. a dropout rate < 1
+    above: float | None = None  # an exclusive lower bound, e.g. an epsilon > 0
 
     @property
     def description(self) -> str:
         text = "a number" + _range_text(self.minimum, self.maximum)
+        text += f" above {self.above}" if self.above is not None else ""
         return text + (f" below {self.below}" if self.below is not None else "")
 
     def convert(self, value: Any) -> float:
         if not _is_number(value):
             raise ArgError(f"must be {self.description}")
         _check_range(value, self.minimum, self.maximum, self.description)
-        if self.below is not None and value >= self.below:
+        if self.below is not None and value >= self.below or self.above is not None and value <= self.above:
             raise ArgError(f"must be {self.description}", OUT_OF_RANGE)
         return float(value)
 

@@ -125,6 +125,8 @@ def _check_training_output(graph: Graph, train: TrainConfig | None, section: st.
         _check_normalize(graph, train, section, sink)
     if train is not None and check_dataset:
         _check_dataset(graph, train, section, sink)
+    if train is not None:
+        _check_reflections(graph, train, section, sink)
     if train is None or not train.loss.get("from_logits", False):
         return
     softmax_at = final_softmax(graph)
@@ -171,6 +173,27 @@ def _check_normalize(graph: Graph, train: TrainConfig, section: st.Train, sink: 
             sink.add(error(TRAIN_ERROR, f"normalize {key} has {len(values)} values, but the input has {channels} "
                                    f"channel{'s' if channels > 1 else ''}", span,
                            f"give one value for every channel, or one for all; Received: {key}={values}"))
+
+
+def _check_reflections(graph: Graph, train: TrainConfig, section: st.Train, sink: DiagnosticSink) -> None:
+    """A shift filled by reflection (augment's fill=reflect, tta's translate) mirrors the image at its
+    edges, so it must be smaller than the image."""
+    if len(graph.input.shape) != 3:
+        return
+    _, height, width = graph.input.shape
+    for key, options in (("augment", train.augment), ("tta", train.tta)):
+        setting = next((s for s in section.settings if s.key == key), None)
+        if setting is None or len(setting.values) != len(options):
+            continue
+        for option, expr in zip(options, setting.values, strict=True):
+            if option.name not in ("translate", "crop") or option.get("fill", "reflect") != "reflect":
+                continue
+            pixels = option.get("pixels", option.get("padding"))
+            if pixels >= min(height, width):
+                sink.add(error(TRAIN_ERROR, f"{key} {option.name}({pixels}) reflects the image at its edges, so it "
+                                            f"needs images larger than {pixels} pixels, but the input "
+                                            f"'{graph.input.name}' is {height}x{width}", expr.span,
+                               "shift by fewer pixels" + (", or fill with zeros" if key == "augment" else "")))
 
 
 def _where(span) -> str:

@@ -17,7 +17,8 @@ from cnnc.compiler import passes
 from cnnc.compiler.arguments import REQUIRED, ArgError, ArgSpec, Int, Option, Sizes, bind
 from cnnc.compiler.ir import Attrs, Graph, Node
 from cnnc.compiler.ops import INITIALIZER, INPUT_ARGS, OPS, Field, OpDef, ShapeError, TensorInfo, default_bias_init
-from cnnc.compiler.ops.core import window_field
+from cnnc.compiler.ops.core import TRAINABLE, window_field
+from cnnc.compiler.ops.initializers import LAYER_INITIALIZERS, with_rest
 from cnnc.compiler.values import (
     HELPERS,
     SHAPE_QUERIES,
@@ -36,6 +37,7 @@ from cnnc.dsl.codes import (
     BAD_INPUT,
     BAD_LOOP,
     BAD_REPEAT,
+    BAD_WEIGHTS,
     DUPLICATE_NAME,
     MISSING_ARGUMENT,
     MODEL_TOO_LARGE,
@@ -87,9 +89,9 @@ class Tensor:
     formulas: tuple[str, str] | None
     field: Field
 
-    def info(self) -> TensorInfo:
+    def info(self, from_input: bool = False) -> TensorInfo:
         assert self.shape is not None
-        return TensorInfo(self.origin, self.shape, self.origin_line, self.formulas)
+        return TensorInfo(self.origin, self.shape, self.origin_line, self.formulas, self.node, from_input)
 
 
 Result = Tensor | tuple[Tensor, ...]  # a layer's output; a block with `output a, b` or split give several
@@ -197,8 +199,14 @@ class Elaborator:
         for statement in body:
             if isinstance(statement, st.InitDecl):
                 located = self._evaluate(statement.value, scope)
-                if located is not None:
-                    chosen = self._convert(INITIALIZER, located, "init", scope) or chosen
+                if located is None:
+                    continue
+                converted = self._convert(INITIALIZER, located, "init", scope)
+                if converted is not None and converted.name in LAYER_INITIALIZERS:
+                    self._error(scope, BAD_WEIGHTS, f"init {converted.name} initialises one layer, not the model",
+                                located.span, f"write init={converted.name} on the layer it is for")
+                else:
+                    chosen = converted or chosen
         return chosen
 
     # --- statements -------------------------------------------------------------------------------
@@ -531,7 +539,7 @@ class Elaborator:
     # --- ops --------------------------------------------------------------------------------------
 
     def _apply(self, op: OpDef, call: st.Call, inputs: list[Tensor], name: str, scope: Scope) -> Tensor:
-        args = () if op.is_merge else call.args
+        args = () if op.is_merge else self._without_misplaced_trainable(op, call.args, name, scope)
         bound = self._bind(f"{op.name} '{name}'", op.args, args, call.span, scope)
         unknown = Tensor(name, None, name, call.span.line, None, inputs[0].field)
         for tensor in inputs:
@@ -541,7 +549,7 @@ class Elaborator:
             return unknown
         label = f"{op.name} '{name}'"
         try:
-            inferred = op.infer(label, bound, tuple(t.info() for t in inputs))
+            inferred = op.infer(label, bound, tuple(t.info(self._is_input(t)) for t in inputs))
         except ShapeError as failure:
             self._error(scope, failure.code, str(failure), call.span, *failure.notes)
             self.nodes[name] = None
@@ -550,10 +558,18 @@ class Elaborator:
             self.sink.add(warning(UNREAD_INPUT, message, call.span, *notes, *scope.context))
         attrs = {**bound, **inferred.attrs}
         if "bias_init" in op.arg_names:  # the weighted layers; `scale`'s `init` is a number
-            attrs["init"] = attrs["init"] or self.weight_init
+            attrs["init"] = with_rest(attrs["init"] or self.weight_init, self.weight_init)
             attrs["bias_init"] = attrs["bias_init"] or default_bias_init(attrs["init"])
         input_shapes = tuple(t.shape for t in inputs if t.shape is not None)
-        arrays = op.parameters(attrs, inferred.shape)
+        arrays = op.arrays(attrs, inferred.shape)
+        if not attrs.get(TRAINABLE.name, True) and not any(a.trainable for a in op.parameters(attrs, inferred.shape)):
+            held = ", ".join(a.name for a in arrays)
+            self._error(scope, BAD_WEIGHTS, f"{label}: trainable=false freezes nothing: the layer has no trainable "
+                                            "parameters", call.span,
+                        f"it holds only {held}: statistics, which no optimizer trains" if held else
+                        "with affine=false it has no parameters at all")
+            self.nodes[name] = None
+            return unknown
         field_ = op.field(attrs, tuple(t.field for t in inputs), input_shapes)
         keeps_shape = not op.is_merge and inferred.shape == inputs[0].shape and op.field is not window_field
         formulas = inferred.formulas or (inputs[0].formulas if keeps_shape else None)
@@ -563,6 +579,23 @@ class Elaborator:
         self.nodes[name] = node
         origin = (inputs[0].origin, inputs[0].origin_line) if keeps_shape else (name, call.span.line)
         return Tensor(name, inferred.shape, *origin, node.formulas, field_)
+
+    def _is_input(self, tensor: Tensor) -> bool:
+        node = self.nodes.get(tensor.node)
+        return node is not None and node.op == "input"
+
+    def _without_misplaced_trainable(self, op: OpDef, args: tuple[st.Arg, ...], name: str,
+                                     scope: Scope) -> tuple[st.Arg, ...]:
+        """The call's arguments, less a `trainable=` given to a layer without parameters (an error)."""
+        if TRAINABLE.name in op.arg_names:
+            return args
+        for arg in args:
+            if arg.keyword == TRAINABLE.name:
+                weighted = ", ".join(o.name for o in OPS.values() if TRAINABLE.name in o.arg_names)
+                self._error(scope, BAD_WEIGHTS, f"{op.name} '{name}' has no parameters, so trainable= has nothing "
+                                                "to freeze", _keyword_span(arg),
+                            f"trainable= belongs to the layers with parameters: {weighted}")
+        return tuple(arg for arg in args if arg.keyword != TRAINABLE.name)
 
     def _merge_inputs(self, call: st.Call, running: Tensor | None, chained: bool,
                       scope: Scope) -> list[Tensor | None] | None:

@@ -43,6 +43,17 @@ def describe_op(node: Node) -> str:
 
 
 DEAD_MARK = " (dead)"
+FROZEN_MARK = " (frozen)"
+
+
+def _frozen_layer(node: Node) -> bool:
+    """trainable=false: every parameter of the layer is frozen."""
+    return node.attrs.get("trainable") is False
+
+
+def _holds_frozen_parameters(node: Node) -> bool:
+    """Whether the spec holds any of the layer's parameters fixed: trainable=false, or batchnorm's scale=false."""
+    return _frozen_layer(node) or node.op == "batchnorm" and node.attrs.get("scale") is False
 
 
 def dims(shape: tuple[int, ...]) -> str:
@@ -67,6 +78,7 @@ def to_json(graph: Graph) -> dict[str, Any]:
                 "output_shape": list(n.shape),
                 "params": n.params,
                 "non_trainable_params": n.non_trainable,
+                "frozen": _frozen_layer(n),
                 "macs": n.macs,
                 "receptive_field": list(n.receptive_field),
                 "line": n.span.line,
@@ -93,7 +105,8 @@ def to_text(graph: Graph) -> str:
     dead = {node.name for node in dead_nodes(graph)}
     header = ("layer", "op", "output (C,H,W)", "params", "MACs", "RF", "inputs")
     rows = [
-        (n.name, describe_op(n) + (DEAD_MARK if n.name in dead else ""), dims(n.shape), f"{n.params:,}",
+        (n.name, describe_op(n) + (FROZEN_MARK if _frozen_layer(n) else "")
+         + (DEAD_MARK if n.name in dead else ""), dims(n.shape), f"{n.params:,}",
          f"{n.macs:,}", dims(n.receptive_field),
          ", ".join(n.inputs) if _merges_or_jumps(graph, n) else "")
         for n in graph.nodes
@@ -111,7 +124,7 @@ def to_text(graph: Graph) -> str:
     param_bytes = (trainable + frozen) * PARAM_BYTES
     totals = [
         ("trainable parameters", f"{trainable:,}"),
-        ("non-trainable values", f"{frozen:,}" + ("  (batch-norm running mean and variance)" if frozen else "")),
+        ("non-trainable values", f"{frozen:,}" + _kinds_of_untrained(live)),
         ("total (Keras's 'Total params')", f"{trainable + frozen:,}"),
         ("MACs per sample", f"{live.total_macs:,}"),
         ("FLOPs per sample (2 x MACs)", f"{2 * live.total_macs:,}"),
@@ -128,6 +141,13 @@ def to_text(graph: Graph) -> str:
            line(["-" * w for w in widths]), *map(line, rows), ""]
     out += [f"{k.ljust(label_width)}  {v}" for k, v in totals]
     return "\n".join(out) + "\n"
+
+
+def _kinds_of_untrained(live: Graph) -> str:
+    kinds = [kind for kind, present in (
+        ("batch-norm running mean and variance", any(n.op == "batchnorm" for n in live.nodes)),
+        ("frozen parameters", any(_holds_frozen_parameters(n) for n in live.nodes))) if present]
+    return f"  ({', '.join(kinds)})" if kinds else ""
 
 
 def _merges_or_jumps(graph: Graph, node: Node) -> bool:

@@ -30,6 +30,11 @@ from cnnc.dsl.diagnostics import Diagnostic, error
 
 LR = ArgSpec("lr", Float(minimum=0), 0.01, positional=True)
 WEIGHT_DECAY = ArgSpec("weight_decay", Float(minimum=0), 0.0)
+# Every optimizer's per-group settings; parameter roles come from the op registry (Param.role).
+PARAMETER_GROUPS = (
+    ArgSpec("norm_bias_decay", Bool(), True, doc="false: weight decay skips biases and norm layers' parameters"),
+    ArgSpec("bias_lr", Float(minimum=0), 1.0, doc="the learning rate's multiplier for biases and norm shifts"),
+)
 
 DATASETS = OneOf("a dataset", {
     **{name: () for name in BUILT_IN_DATASETS},
@@ -38,18 +43,19 @@ DATASETS = OneOf("a dataset", {
 
 OPTIMIZERS = OneOf("an optimizer", {
     "sgd": (LR, ArgSpec("momentum", Float(minimum=0, maximum=1), 0.0), ArgSpec("nesterov", Bool(), False),
-            WEIGHT_DECAY),
+            WEIGHT_DECAY, *PARAMETER_GROUPS),
     "rmsprop": (ArgSpec("lr", Float(minimum=0), 0.001, positional=True),
                 ArgSpec("rho", Float(minimum=0, maximum=1), 0.9, doc="the decay of the squared-gradient average"),
                 ArgSpec("momentum", Float(minimum=0, maximum=1), 0.0),
                 ArgSpec("eps", Float(minimum=0), 1e-7),
                 ArgSpec("eps_inside_sqrt", Bool(), False, doc="TensorFlow 1's placement of epsilon"),
-                ArgSpec("centered", Bool(), False), WEIGHT_DECAY),
+                ArgSpec("centered", Bool(), False), WEIGHT_DECAY, *PARAMETER_GROUPS),
     "adam": (ArgSpec("lr", Float(minimum=0), 0.001, positional=True), ArgSpec("beta1", Float(0, 1), 0.9),
-             ArgSpec("beta2", Float(0, 1), 0.999), ArgSpec("eps", Float(minimum=0), 1e-8), WEIGHT_DECAY),
+             ArgSpec("beta2", Float(0, 1), 0.999), ArgSpec("eps", Float(minimum=0), 1e-8), WEIGHT_DECAY,
+             *PARAMETER_GROUPS),
     "adamw": (ArgSpec("lr", Float(minimum=0), 0.001, positional=True), ArgSpec("beta1", Float(0, 1), 0.9),
               ArgSpec("beta2", Float(0, 1), 0.999), ArgSpec("eps", Float(minimum=0), 1e-8),
-              ArgSpec("weight_decay", Float(minimum=0), 0.01)),
+              ArgSpec("weight_decay", Float(minimum=0), 0.01), *PARAMETER_GROUPS),
 })
 
 SCHEDULES = OneOf("a learning-rate schedule", {
@@ -60,6 +66,9 @@ SCHEDULES = OneOf("a learning-rate schedule", {
     "cosine": (ArgSpec("min_lr", Float(minimum=0), 0.0),),
     "onecycle": (ArgSpec("max_lr", Float(minimum=0), positional=True),
                  ArgSpec("pct_start", Float(minimum=0, maximum=1), 0.3)),
+    "linear": (ArgSpec("max_lr", Float(minimum=0), positional=True),
+               ArgSpec("pct_start", Float(minimum=0, maximum=1), 0.25),
+               ArgSpec("final", Float(minimum=0), 0.0, doc="the rate at the last step")),
 })
 
 LOSSES = OneOf("a loss", {
@@ -68,10 +77,12 @@ LOSSES = OneOf("a loss", {
                               doc="false when the model ends in softmax and outputs probabilities")),
 })
 
+FILL = ArgSpec("fill", Choice(("zeros", "reflect")), "zeros", doc="what the pixels moved in take")
+
 AUGMENTATIONS = OneOf("an augmentation", {
-    "translate": (ArgSpec("pixels", Int(minimum=1), positional=True),),
-    "crop": (ArgSpec("padding", Int(minimum=1), positional=True),),
-    "hflip": (),
+    "translate": (ArgSpec("pixels", Int(minimum=1), positional=True), FILL),
+    "crop": (ArgSpec("padding", Int(minimum=1), positional=True), FILL),
+    "hflip": (ArgSpec("alternate", Bool(), False, doc="mirror each image in every other epoch"),),
     "vflip": (),
     "cutout": (ArgSpec("size", Int(minimum=1), positional=True),),
 })
@@ -81,6 +92,24 @@ EARLY_STOPPING = OneOf("early stopping", {
                        ArgSpec("metric", Choice(("val_accuracy", "val_loss")), "val_accuracy"),
                        ArgSpec("min_delta", Float(minimum=0), 0.0),
                        ArgSpec("restore_best", Bool(), True)),
+})
+
+TEST_TIME_AUGMENTATIONS = OneOf("a test-time augmentation", {
+    "hflip": (),
+    "translate": (ArgSpec("pixels", Int(minimum=1), positional=True),),
+})
+
+EMA = OneOf("a weight average", {
+    "ema": (ArgSpec("decay", Float(minimum=0, below=1), 0.99),
+            ArgSpec("start", Int(minimum=0), 0, doc="epochs before the average starts"),
+            ArgSpec("every", Int(minimum=1), 1, doc="steps between updates")),
+})
+
+LOOKAHEAD = OneOf("lookahead", {
+    "lookahead": (ArgSpec("k", Int(minimum=1), 5, doc="steps between synchronisations"),
+                  ArgSpec("alpha", Float(minimum=0, maximum=1), 0.5),
+                  ArgSpec("ramp", Float(minimum=0), 0.0,
+                          doc="alpha after step s: 1 - (1 - alpha) * (s / total steps) ** ramp; 0: alpha throughout")),
 })
 
 NORMALIZE = OneOf("a normalisation", {
@@ -105,6 +134,17 @@ class TrainConfig:
     early_stopping: Option | None = None
     clip_grad_norm: float | None = None
     normalize: Option | None = None
+    tta: tuple[Option, ...] = ()
+    ema: Option | None = None
+    lookahead: Option | None = None
+    eval_every: int = 1
+
+
+# What a run records of the settings added with test-time augmentation, weight averaging and
+# parameter groups is left out while they keep their defaults, so that the record (settings.json)
+# of a run that does not use them is what it was before they existed.
+QUIET_SETTINGS: Mapping[str, object] = {"tta": (), "ema": None, "lookahead": None, "eval_every": 1}
+QUIET_ARGUMENTS: Mapping[str, object] = {"norm_bias_decay": True, "bias_lr": 1.0, "alternate": False, "fill": "zeros"}
 
 
 @dataclass(frozen=True)
@@ -128,6 +168,10 @@ SETTINGS: Mapping[str, _Setting] = {
     "early_stopping": _Setting("early_stopping", EARLY_STOPPING),
     "clip_grad": _Setting("clip_grad_norm", Float(minimum=0)),
     "normalize": _Setting("normalize", NORMALIZE),
+    "tta": _Setting("tta", TEST_TIME_AUGMENTATIONS, many=True),
+    "ema": _Setting("ema", EMA),
+    "lookahead": _Setting("lookahead", LOOKAHEAD),
+    "eval_every": _Setting("eval_every", Int(minimum=1)),
 }
 
 
@@ -181,9 +225,34 @@ def _cross_checks(config: TrainConfig, section: st.Train, seen: Mapping[str, st.
             TRAIN_ERROR, "early_stopping watches a validation metric, but there is no validation split",
             seen["early_stopping"].span, "add, for example, `validation 0.1` to hold out 10% of the training set",
         ))
+    if config.eval_every > 1 and config.validation == 0:
+        problems.append(error(
+            TRAIN_ERROR, "eval_every says how often the validation split is evaluated, but there is none",
+            seen["eval_every"].span, "add, for example, `validation 0.1` to hold out 10% of the training set",
+        ))
+    if config.ema is not None and config.lookahead is not None:
+        problems.append(error(
+            TRAIN_ERROR, "ema and lookahead both decide which weights are evaluated; choose one",
+            seen["lookahead"].span, f"ema is given on line {seen['ema'].span.line}",
+        ))
+    if "tta" in seen and len(config.tta) == len(seen["tta"].values):
+        problems += _repeated_views(config.tta, seen["tta"])
     if "dataset" not in seen:
         problems.append(error(TRAIN_ERROR, "the train section needs a dataset", section.span,
                               f"for example `dataset mnist`; options: {', '.join(DATASETS.options)}"))
     return problems
 
 
+
+
+def _repeated_views(views: tuple[Option, ...], setting: st.Setting) -> list[Diagnostic]:
+    """Each test-time augmentation may be listed once (the views they make are fixed: see the docs)."""
+    problems: list[Diagnostic] = []
+    first: dict[str, str] = {}
+    for view, expr in zip(views, setting.values, strict=True):
+        if view.name in first:
+            problems.append(error(BAD_CALL, f"tta lists {view.name} twice", expr.span,
+                                  f"first listed as {first[view.name]}"))
+        else:
+            first[view.name] = str(view)
+    return problems

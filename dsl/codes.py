@@ -39,6 +39,11 @@ MISSING_ARGUMENT = _code("E006", "missing-argument", "missing argument, or a mer
 BAD_CALL = _code("E007", "bad-call", "too many positional arguments, or one given twice")
 BAD_ARITHMETIC = _code("E008", "arithmetic", "arithmetic that cannot be done: division by zero, overflow, "
                                              "an exponent out of range, a number too large, a non-number operand")
+BAD_WEIGHTS = _code("E009", "weights", "a weight setting that does not fit its layer: `dirac` with an even kernel or "
+                                       "not on conv or depthwise_conv; `whiten` not on a conv that reads the model's "
+                                       "input, or with other than C x kh x kw filters or twice that; either as the "
+                                       "model's `init` or a `bias_init`; `trainable` where nothing is trained; "
+                                       "`scale=false` without affine")
 SHAPE_ERROR = _code("E010", "shape", "a spatial size collapses to zero or below")
 INCOMPATIBLE_SHAPES = _code("E011", "incompatible-shapes", "merged tensors of incompatible shapes")
 WRONG_RANK = _code("E013", "wrong-rank", "wrong rank: a feature-map layer on a flat vector, or the reverse")

@@ -9,6 +9,7 @@ Nothing here is listed by hand: a new op is tested as soon as it is registered.
 
 from __future__ import annotations
 
+import re
 from functools import cache
 
 import numpy as np
@@ -41,6 +42,18 @@ def example_program(op: str) -> Program:
     return result.program
 
 
+def frozen_example_spec(op: str) -> str:
+    """The op's example with `trainable=false` added to the op's own (last) call."""
+    example = OPS[op].example
+    call = list(re.finditer(rf"\b{op}\(", example))[-1]  # an example writes its op's call with parentheses
+    depth, position = 0, call.end() - 1
+    for position in range(call.end() - 1, len(example)):
+        depth += {"(": 1, ")": -1}.get(example[position], 0)
+        if depth == 0:
+            break
+    return example_spec(op).replace(example, f"{example[:position]}, trainable=false{example[position:]}")
+
+
 @cache
 def torch_output(op: str) -> np.ndarray:
     module = torch_backend.build_module(example_program(op).graph, seed=3).eval()
@@ -69,7 +82,7 @@ def test_declared_parameters_are_the_torch_state_dict(op: str) -> None:
     declared = {name: param.shape for name, param in node_parameters(graph)}
     state = torch_backend.build_module(graph).state_dict()
     assert {name: tuple(tensor.shape) for name, tensor in state.items()} == declared
-    trainable = sum(p.numel() for p in torch_backend.build_module(graph).parameters())
+    trainable = sum(p.numel() for p in torch_backend.build_module(graph).parameters() if p.requires_grad)
     assert trainable == graph.trainable_params
     assert sum(t.numel() for t in state.values()) - trainable == graph.non_trainable_params
 
@@ -87,3 +100,28 @@ def test_torch_and_onnxruntime_agree_at_every_opset(op: str) -> None:
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         (output,) = session.run(None, {"image": batch()})
         np.testing.assert_allclose(output, torch_output(op), rtol=1e-4, atol=1e-5, err_msg=f"opset {opset}")
+
+
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_every_op_with_parameters_takes_trainable(op: str) -> None:
+    node = next(n for n in example_program(op).graph.nodes if n.op == op)
+    assert ("trainable" in OPS[op].arg_names) == bool(OPS[op].parameters(node.attrs.as_dict(), node.shape))
+
+
+@pytest.mark.parametrize("op", sorted(name for name, op in OPS.items() if "trainable" in op.arg_names))
+def test_trainable_false_freezes_every_array_and_leaves_the_onnx_graph_as_it_was(op: str) -> None:
+    result = check_file(f"{op}.cnn", text=frozen_example_spec(op))
+    assert not result.has_errors, render_all(result.diagnostics, result.sources)
+    graph, example = result.program.graph, example_program(op).graph
+    node = next(n for n in graph.nodes if n.op == op)
+    before = next(n for n in example.nodes if n.name == node.name)
+    assert node.attrs["trainable"] is False and before.attrs["trainable"] is True
+    assert node.params == 0 and node.non_trainable == before.params + before.non_trainable > 0
+    assert graph.trainable_params == example.trainable_params - before.params
+    module = torch_backend.build_module(graph)
+    frozen = {name for name, parameter in module.named_parameters() if not parameter.requires_grad}
+    assert frozen == {name for name, _ in module.named_parameters() if name.startswith(f"{node.name}.")}
+    opset = max(OPSETS)
+    as_frozen = onnx_backend.to_onnx(result.program, opset=opset, seed=3).graph
+    as_example = onnx_backend.to_onnx(example_program(op), opset=opset, seed=3).graph
+    assert as_frozen.SerializeToString() == as_example.SerializeToString()

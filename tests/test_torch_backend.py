@@ -106,8 +106,9 @@ def test_spec_lowers_with_the_irs_shapes_parameters_and_weights(spec: Path) -> N
     assert set(outputs) == {node.name for node in live.nodes}
     for node in live.nodes:
         assert tuple(outputs[node.name].shape) == (2, *node.shape), node.name
-    assert sum(p.numel() for p in module.parameters()) == live.trainable_params
-    assert sum(b.numel() for b in module.buffers()) == live.non_trainable_params
+    assert sum(p.numel() for p in module.parameters() if p.requires_grad) == live.trainable_params
+    frozen = sum(p.numel() for p in module.parameters() if not p.requires_grad)
+    assert frozen + sum(b.numel() for b in module.buffers()) == live.non_trainable_params
     expected = initial_weights(graph, seed=3)
     state = module.state_dict()
     assert list(state) == list(expected)

@@ -52,14 +52,16 @@ def test_without_a_terminal_there_is_no_bar_only_one_line_per_epoch(tmp_path: Pa
 def test_the_bar_shows_the_epochs_running_means(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import cnnc.training.reporting as reporting
 
-    shown: list[tuple[float, float]] = []
+    shown: list[tuple[int, float, float]] = []
 
     class Recorder:
+        live = True
+
         def __init__(self, total: int, done: int, description: str) -> None:
             pass
 
-        def update(self, loss: float, accuracy: float) -> None:
-            shown.append((loss, accuracy))
+        def update(self, done: int, loss: float, accuracy: float) -> None:
+            shown.append((done, loss, accuracy))
 
         def close(self) -> None:
             pass
@@ -73,9 +75,10 @@ def test_the_bar_shows_the_epochs_running_means(tmp_path: Path, monkeypatch: pyt
     out = tmp_path
     assert main(["train", str(spec(out, 1)), *FLAGS, "--out", str(out / "run")]) == 0
     record = json.loads((out / "run" / "metrics.jsonl").read_text().splitlines()[0])
-    # the last update is the epoch's mean, the number the epoch line and metrics.jsonl report
-    assert shown[-1][0] == pytest.approx(record["train_loss"], rel=1e-9)
-    assert shown[-1][1] == pytest.approx(record["train_accuracy"], rel=1e-9)
+    # every step on the CPU; the last update is the epoch's mean, the number the epoch line and metrics.jsonl report
+    assert [done for done, _, _ in shown] == list(range(1, len(shown) + 1)) and len(shown) > 1
+    assert shown[-1][1] == pytest.approx(record["train_loss"], rel=1e-9)
+    assert shown[-1][2] == pytest.approx(record["train_accuracy"], rel=1e-9)
 
 
 def test_sigterm_says_what_happened_without_mentioning_ctrl_c(tmp_path: Path) -> None:

@@ -119,8 +119,11 @@ def test_other_probabilities_are_clipped_before_the_log_as_keras() -> None:
 
 # --- augmentation ----------------------------------------------------------------------------------
 
-def augment(names: list[Option], x: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    return Augmenter(names, torch.Generator().manual_seed(seed))(x)
+def augment(names: list[Option], x: torch.Tensor, seed: int = 0, epoch: int = 1) -> torch.Tensor:
+    """The batch x as augmented when it is the whole training split."""
+    augmenter = Augmenter(names, seed, len(x), x.shape[1:], torch.device("cpu"))
+    augmenter.begin_epoch(epoch)
+    return augmenter(x, torch.arange(len(x)))
 
 
 def test_translate_shifts_each_image_within_its_range_filling_zeros() -> None:

@@ -9,7 +9,8 @@ A run directory holds two:
 
 Every checkpoint is a dict of tensors, numbers, strings, lists and dicts only:
     format, version          "cnnc-checkpoint", FORMAT_VERSION
-    model                    the state dict (names as in compiler.backends.pytorch)
+    model                    the state dict (names as in compiler.backends.pytorch): the weights
+                             evaluated, which with ema or lookahead are not the live ones
     model_name, spec_path    the model's name and the spec's path as given when training started
     sources                  {path: text} of the spec and every file it includes
     classes                  the class labels, in output order
@@ -21,9 +22,10 @@ Every checkpoint is a dict of tensors, numbers, strings, lists and dicts only:
     step_in_epoch            batches done of the next epoch (non-zero after an interruption)
     finished                 whether training ended (then `model` is the final model)
     test_accuracy, test_loss on the test set, when measured for these weights (else None)
-    training                 for last.pt: optimizer, schedule step, RNG states (torch, numpy, python,
-                             augmentation; one entry per process), early-stopping state, the
-                             interrupted epoch's running totals, the best model's metric; else None
+    training                 for last.pt: optimizer, schedule step, RNG states (torch, numpy, python;
+                             one entry per process), early-stopping state, the interrupted epoch's
+                             running totals, the best model's metric, and with ema or lookahead
+                             `weights`: the live weights and lookahead's slow ones; else None
 """
 
 from __future__ import annotations

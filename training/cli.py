@@ -20,7 +20,7 @@ DEVICES = ("auto", "cpu", "cuda")
 # Flags that change what is trained: a resumed run keeps its own, so they may not be given with --resume
 # (--epochs may: it extends the run).
 TRAINING_FLAGS = ("dataset", "batch_size", "lr", "seed", "limit_train", "limit_test",
-                  "channels_last", "compile", "bf16")
+                  "channels_last", "compile", "bf16", "cuda_graphs")
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -58,6 +58,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                                 "see bench/RESULTS.md)")
     execution.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
     execution.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA only)")
+    execution.add_argument("--cuda-graphs", action="store_true",
+                           help="torch.compile in mode reduce-overhead: each step's kernels replay as CUDA graphs "
+                                "(CUDA only; implies --compile)")
     output = train.add_argument_group("output")
     mode = output.add_mutually_exclusive_group()
     mode.add_argument("--quiet", action="store_true", help="print only the final line")
@@ -83,7 +86,8 @@ def run_train(args: argparse.Namespace) -> int:
 
         mode = "json" if args.json else "quiet" if args.quiet else "text"
         return train(TrainRequest(args.spec, args.resume, args.out, overrides, args.device or "auto",
-                                  args.channels_last, args.compile, args.bf16, mode, args.download), plots)
+                                  args.channels_last, args.compile, args.bf16, args.cuda_graphs, mode, args.download),
+                     plots)
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from cnnc.compiler.train_config import TrainConfig
 from cnnc.datasets import Dataset, load_dataset, split_validation
 from cnnc.errors import CnncError
 from cnnc.training.augment import Augmenter
+from cnnc.training.seeds import seeded_generator
 from cnnc.training.settings import PATH_DATASETS, Overrides
 
 PIXEL_SCALE = float(np.float32(constants.PIXEL_SCALE))  # the float32 value the batches are multiplied by
@@ -108,10 +109,12 @@ class BatchPreparer:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.augmenter = augmenter
 
-    def __call__(self, images: Tensor, train: bool) -> Tensor:
+    def __call__(self, images: Tensor, train: bool, indices: Tensor | None = None) -> Tensor:
+        """`indices`, the images' places in the training split, choose their augmentation (training only)."""
         x = images.to(torch.float32) * PIXEL_SCALE
         if train and self.augmenter is not None:
-            x = self.augmenter(x)
+            assert indices is not None  # the trainer passes them with every training batch
+            x = self.augmenter(x, indices)
         if not self.identity:
             x = (x - self.mean) / self.std
         return x.contiguous(memory_format=self.memory_format)
@@ -136,9 +139,7 @@ class TensorSplit:
 
 def epoch_order(size: int, seed: int, epoch: int) -> Tensor:
     """The seeded permutation of an epoch (epochs count from 1)."""
-    state = np.random.SeedSequence([seed, epoch]).generate_state(2, np.uint32)
-    generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-    return torch.randperm(size, generator=generator)
+    return torch.randperm(size, generator=seeded_generator(seed, epoch))
 
 
 def shard(order: Tensor, rank: int, world_size: int, pad: bool) -> Tensor:

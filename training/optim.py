@@ -1,10 +1,14 @@
 """Optimizers and learning-rate schedules of the train section.
 
-Optimizers (weight_decay applies to every parameter):
+Optimizers:
     sgd       torch.optim.SGD: momentum, nesterov, weight_decay (L2 added to the gradient)
     rmsprop   RMSProp below: Keras's update, TF 1's epsilon placement on request, centered
     adam      torch.optim.Adam (weight_decay as L2)
     adamw     torch.optim.AdamW (decoupled weight decay)
+Each also takes norm_bias_decay (false: weight_decay skips the parameters whose role, declared by
+their op as compiler.ops.core.Param.role, is "bias" or "norm") and bias_lr (the rate of the
+"bias" parameters, norm shifts included, is lr * bias_lr at every step, whatever the schedule).
+With both at their defaults all parameters form one group, as torch's optimizers make it.
 
 Schedules set the learning rate before every step (`global_step` counts steps from 0; an epoch
 has `steps_per_epoch`; `lr` is the optimizer's rate):
@@ -17,24 +21,32 @@ has `steps_per_epoch`; `lr` is the optimizer's rate):
     cosine(min_lr)         min_lr + (lr - min_lr) * (1 + cos(pi t)) / 2
     onecycle(max_lr, pct_start)  cosine from lr up to max_lr over the first pct_start of t, then
                            cosine down to lr / 10^4 (PyTorch's OneCycleLR, starting at the optimizer's lr)
+    linear(max_lr, pct_start, final)  straight from lr up to max_lr over the first pct_start of t,
+                           then straight down to `final` at t = 1 (airbench's triangle)
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from cnnc.compiler.arguments import Option
 
 ONECYCLE_FINAL_DIVISOR = 1e4
 
 
-def build_optimizer(parameters: Iterable[Tensor], option: Option) -> torch.optim.Optimizer:
-    params = list(parameters)
+LR_MULTIPLIER = "lr_multiplier"  # a parameter group's rate is the schedule's times this (default 1)
+
+
+def build_optimizer(named_parameters: Iterable[tuple[str, Tensor]], roles: Mapping[str, str],
+                    option: Option) -> torch.optim.Optimizer:
+    """The optimizer of the trainable parameters; `roles` maps each parameter's name to its role."""
+    params = parameter_groups(named_parameters, roles, option)
     lr, weight_decay = option["lr"], option.get("weight_decay", 0.0)
     if option.name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=option["momentum"], nesterov=option["nesterov"],
@@ -51,6 +63,23 @@ def build_optimizer(parameters: Iterable[Tensor], option: Option) -> torch.optim
     raise ValueError(f"unknown optimizer {option.name}")  # the checker allows no other
 
 
+def parameter_groups(named_parameters: Iterable[tuple[str, Tensor]], roles: Mapping[str, str],
+                     option: Option) -> list[dict]:
+    """The parameters grouped by their weight decay and rate multiplier (see the top of the module)."""
+    weight_decay = option.get("weight_decay", 0.0)
+    decay_all, bias_lr = option.get("norm_bias_decay", True), option.get("bias_lr", 1.0)
+    trainable = [(name, parameter) for name, parameter in named_parameters if parameter.requires_grad]
+    if decay_all and bias_lr == 1.0:
+        return [{"params": [parameter for _, parameter in trainable]}]
+    groups: dict[tuple[bool, bool], list[Tensor]] = {}
+    for name, parameter in trainable:
+        role = roles[name]
+        groups.setdefault((decay_all or role == "weight", role == "bias"), []).append(parameter)
+    return [{"params": params, "weight_decay": weight_decay if decays else 0.0,
+             LR_MULTIPLIER: bias_lr if is_bias else 1.0}
+            for (decays, is_bias), params in groups.items()]
+
+
 class RMSProp(torch.optim.Optimizer):
     """RMSProp as Keras and TensorFlow define it (PyTorch's differs in where epsilon goes):
 
@@ -60,7 +89,7 @@ class RMSProp(torch.optim.Optimizer):
         mom = momentum * mom + lr * g / den;  p -= mom         (with momentum; else p -= lr * g / den)
     """
 
-    def __init__(self, params: Iterable[Tensor], *, lr: float, rho: float = 0.9, momentum: float = 0.0,
+    def __init__(self, params: ParamsT, *, lr: float, rho: float = 0.9, momentum: float = 0.0,
                  eps: float = 1e-7, eps_inside_sqrt: bool = False, centered: bool = False,
                  weight_decay: float = 0.0) -> None:
         defaults = dict(lr=lr, rho=rho, momentum=momentum, eps=eps, eps_inside_sqrt=eps_inside_sqrt,
@@ -133,6 +162,11 @@ class LearningRateSchedule:
         t = self._progress(global_step)
         if name == "cosine":
             return _cosine(lr, self.schedule["min_lr"], t)
+        if name == "linear":
+            peak, rise, final = self.schedule["max_lr"], self.schedule["pct_start"], self.schedule["final"]
+            if t < rise:
+                return lr + (peak - lr) * t / rise
+            return peak + (final - peak) * (t - rise) / max(1 - rise, 1e-12)
         if name == "onecycle":
             peak, rise = self.schedule["max_lr"], self.schedule["pct_start"]
             if t < rise:
@@ -147,5 +181,6 @@ def _cosine(start: float, end: float, t: float) -> float:
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The schedule's rate, times each group's multiplier."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get(LR_MULTIPLIER, 1.0)

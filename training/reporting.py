@@ -23,12 +23,16 @@ CONFUSION_PNG, CONFUSION_JSON = "confusion_matrix.png", "confusion_matrix.json"
 
 
 class Bar(Protocol):
-    def update(self, loss: float, accuracy: float) -> None: ...
+    live: bool  # whether updates show: the caller skips computing them (a device read) when not
+
+    def update(self, done: int, loss: float, accuracy: float) -> None: ...
     def close(self) -> None: ...
 
 
 class _NoBar:
-    def update(self, loss: float, accuracy: float) -> None:
+    live = False
+
+    def update(self, done: int, loss: float, accuracy: float) -> None:
         pass
 
     def close(self) -> None:
@@ -42,10 +46,12 @@ class _TqdmBar:
         self.bar = tqdm(total=total, initial=done, desc=description, unit="batch", file=sys.stderr,
                         dynamic_ncols=True, leave=False)
 
-    def update(self, loss: float, accuracy: float) -> None:
-        """`loss` and `accuracy` are the epoch's running means so far."""
+    live = True
+
+    def update(self, done: int, loss: float, accuracy: float) -> None:
+        """`done` steps of the epoch are done; `loss` and `accuracy` are the epoch's running means so far."""
         self.bar.set_postfix_str(f"loss {loss:.4f}  acc {accuracy:.2%}", refresh=False)
-        self.bar.update()
+        self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
         self.bar.close()

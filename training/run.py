@@ -33,6 +33,7 @@ import torch
 
 import cnnc
 from cnnc.compiler.backends.pytorch import CnncModule, build_module
+from cnnc.compiler.backends.weights import parameter_roles
 from cnnc.compiler.check import load_program
 from cnnc.compiler.ir import Program
 from cnnc.compiler.passes import final_softmax, with_outputs
@@ -40,6 +41,7 @@ from cnnc.compiler.train_config import TrainConfig
 from cnnc.errors import CnncError, UsageError
 from cnnc.files import check_writable, remove_stale_temporaries
 from cnnc.training.augment import Augmenter
+from cnnc.training.averaging import weight_average
 from cnnc.training.checkpoint import BEST, LAST, Checkpoint, load_checkpoint, save_checkpoint
 from cnnc.training.data import BatchPreparer, Normalization, Splits, TensorSplit, load_splits
 from cnnc.training.distributed import World, gather, join_world, leave_world
@@ -55,7 +57,8 @@ from cnnc.training.reporting import (
     MetricsLog,
 )
 from cnnc.training.settings import Overrides, config_to_json, effective_config
-from cnnc.training.trainer import BestTracker, Interrupted, Trainer
+from cnnc.training.trainer import BestTracker, Interrupted, Trainer, sync_interval
+from cnnc.training.whiten import whiten
 
 EXIT_INTERRUPTED = 130
 SETTINGS = "settings.json"
@@ -69,6 +72,7 @@ class Execution:
     channels_last: bool
     compile: bool
     bf16: bool
+    cuda_graphs: bool = False  # torch.compile's mode reduce-overhead (absent from the settings of older runs)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -86,6 +90,7 @@ class TrainRequest:
     channels_last: bool | None = None   # None: on
     compile: bool = False
     bf16: bool = False
+    cuda_graphs: bool = False           # implies compile
     mode: str = "text"                  # text, quiet or json
     download: bool = True               # fetch a standard dataset's missing files
 
@@ -136,11 +141,14 @@ def _start(request: TrainRequest, device_type: str, world: World, console: Conso
     program = _check_spec(spec, world, check_dataset=request.overrides.dataset is None)
     if program.train is None:
         raise CnncError(f"{spec} has no train section: add one (for example `train {{ dataset mnist }}`)")
-    if request.bf16 and device_type != "cuda":
-        message = "--bf16 needs CUDA; this run is on the CPU"
-        raise UsageError(message) if request.device == "cpu" else CnncError(message)
+    for flag, asked in (("--bf16", request.bf16), ("--cuda-graphs", request.cuda_graphs)):
+        if asked and device_type != "cuda":
+            message = f"{flag} needs CUDA; this run is on the CPU"
+            raise UsageError(message) if request.device == "cpu" else CnncError(message)
+    if request.cuda_graphs and world.distributed:
+        raise UsageError("--cuda-graphs is not supported under torchrun (several processes) yet: drop it")
     execution = Execution(device_type, True if request.channels_last is None else request.channels_last,
-                          request.compile, request.bf16)
+                          request.compile or request.cuda_graphs, request.bf16, request.cuda_graphs)
     run_dir = _shared(world, lambda: _new_run_dir(request.out, program.graph.name))
     session = Session.create(program, request.overrides, execution, world, console, run_dir, spec,
                              download=request.download)
@@ -178,6 +186,10 @@ def _resume(request: TrainRequest, device_type: str, world: World, console: Cons
     changed = {key: value for key, value in (("data", request.overrides.data), ("epochs", epochs)) if value}
     overrides = Overrides.from_json({**stored["overrides"], **changed})
     execution = Execution(**{**stored["execution"], "device": device_type})
+    if execution.cuda_graphs and device_type != "cuda":
+        console.note(f"{run_dir} was trained with --cuda-graphs, which needs CUDA: continuing on the CPU with "
+                     "torch.compile alone (the same arithmetic)")
+        execution = Execution(**{**execution.to_json(), "cuda_graphs": False})
     session = Session.create(checkpoint.program(), overrides, execution, world, console, run_dir,
                               checkpoint.spec_path, checkpoint, download=request.download)
     console.note(f"resuming {run_dir} after epoch {checkpoint.epoch}"
@@ -316,6 +328,9 @@ class Session:
         # Module.to takes memory_format (documented), but torch's type overloads leave it out.
         model.to(device, memory_format=torch.channels_last if execution.channels_last  # type: ignore[call-overload]
                  else torch.preserve_format)
+        if checkpoint is None:  # a resumed run's whitening is in its checkpoint's weights
+            for note in whiten(model, splits.train.images, normalization, device):
+                console.note(note)
         trainer = _build_trainer(model, loss, config, execution, world, device, splits, normalization, console,
                                  run_dir)
         session = Session(program, overrides, execution, world, console, run_dir, spec_path, splits, normalization,
@@ -342,7 +357,7 @@ class Session:
                          "train": config_to_json(self.config),
                          "resumed": [*stored.get("resumed", []), " ".join(sys.argv)]}
         try:
-            self.trainer.resume_from(checkpoint.training)
+            self.trainer.resume_from(checkpoint.training, checkpoint.model_state)
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as error:
             raise CnncError(f"{checkpoint.path} is a damaged cnnc checkpoint: its training state cannot be "
                             f"restored ({type(error).__name__}: {str(error)[:200]})") from None
@@ -428,7 +443,8 @@ class Session:
     def _save(self, name: str, fields: dict[str, Any]) -> None:
         position = self.trainer.position
         contents = {
-            "model": {key: value.detach().cpu().contiguous() for key, value in self.trainer.model.state_dict().items()},
+            "model": {key: value.detach().cpu().contiguous()
+                      for key, value in self.trainer.evaluated_model().state_dict().items()},
             "model_name": self.program.graph.name,
             "spec_path": self.spec_path,
             "sources": dict(self.program.sources),
@@ -496,25 +512,29 @@ class Session:
 def _build_trainer(model: CnncModule, loss: CrossEntropy, config: TrainConfig, execution: Execution, world: World,
                    device: torch.device, splits: Splits, normalization: Normalization, console: Console,
                    run_dir: Path) -> Trainer:
-    augment_generator = torch.Generator().manual_seed(_derived_seed(config.seed, world.rank, 1))
-    augmenter = Augmenter(config.augment, augment_generator) if config.augment else None
+    augmenter = Augmenter(config.augment, config.seed, len(splits.train), splits.train.image_shape,
+                          device) if config.augment else None
     steps_per_epoch = math.ceil(math.ceil(len(splits.train) / world.size) / (config.batch_size // world.size))
+    total_steps = config.epochs * steps_per_epoch
+    # copied before DDP or torch.compile wraps the module
+    average = weight_average(model, config.ema, config.lookahead, steps_per_epoch, total_steps)
     return Trainer(
         model=model,
-        train_model=_training_module(model, execution, world, device),
-        optimizer=build_optimizer(model.parameters(), config.optimizer),
+        train_model=_training_module(model, execution, world, device, console),
+        optimizer=build_optimizer(model.named_parameters(), parameter_roles(model.graph), config.optimizer),
         schedule=LearningRateSchedule(config.optimizer["lr"], config.schedule, steps_per_epoch,
-                                      config.epochs * steps_per_epoch, config.warmup_epochs * steps_per_epoch),
+                                      total_steps, config.warmup_epochs * steps_per_epoch),
         loss=loss,
         preparer=BatchPreparer(normalization, device, execution.channels_last, augmenter),
-        augment_generator=augment_generator,
         train_data=TensorSplit.of(splits.train, device),
         validation_data=TensorSplit.of(splits.validation, device) if splits.validation is not None else None,
         config=config, world=world, device=device,
         autocast=_autocast(execution, device),
         console=console,
         metrics=MetricsLog(run_dir / METRICS) if world.is_main else None,
+        average=average,
         best=BestTracker.of(config),
+        sync_every=sync_interval(device),
     )
 
 
@@ -538,15 +558,51 @@ def _seed_everything(seed: int, rank: int) -> None:
     random.seed(process_seed)
 
 
-def _training_module(model: CnncModule, execution: Execution, world: World, device: torch.device) -> torch.nn.Module:
+def _training_module(model: CnncModule, execution: Execution, world: World, device: torch.device,
+                     console: Console) -> torch.nn.Module:
     wrapped: torch.nn.Module = model
     if world.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
         wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if execution.cuda_graphs:
+        # reduce-overhead: each compiled graph is recorded once as a CUDA graph and replayed, one launch
+        # instead of one per kernel. A CUDA graph has fixed shapes, so the graphs are compiled for fixed
+        # shapes too (dynamic=False: an epoch's short last batch gets its own graph, instead of turning
+        # every later step into the slower shape-generic code).
+        compiled = cast(torch.nn.Module, torch.compile(wrapped, mode="reduce-overhead", dynamic=False))
+        return _CudaGraphWatch(compiled, console)
     if execution.compile:
         wrapped = cast(torch.nn.Module, torch.compile(wrapped))
     return wrapped
+
+
+class _CudaGraphWatch(torch.nn.Module):
+    """The module compiled for CUDA graphs, saying when PyTorch runs some of it without them: it does
+    so silently (a graph that mutates its inputs, or runs ops on the CPU, say), which would leave
+    --cuda-graphs without effect unnoticed."""
+
+    def __init__(self, compiled: torch.nn.Module, console: Console) -> None:
+        super().__init__()
+        self.compiled = compiled
+        self.console = console
+        self.skips = _cudagraph_skips()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        output = self.compiled(x)
+        skips = _cudagraph_skips()
+        if skips > self.skips:
+            self.console.note(f"--cuda-graphs: PyTorch runs {skips - self.skips} compiled graph(s) of this model "
+                              "without CUDA graphs (TORCH_LOGS=cudagraphs says why)")
+            self.skips = skips
+        return output
+
+
+def _cudagraph_skips() -> int:
+    """How many compiled graphs torch.compile has run without CUDA graphs in this process so far."""
+    from torch._dynamo.utils import counters  # inductor's counters: no public API tells this
+
+    return int(counters["inductor"]["cudagraph_skips"])
 
 
 def _autocast(execution: Execution, device: torch.device):

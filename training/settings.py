@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cnnc.compiler.arguments import Option
-from cnnc.compiler.train_config import TrainConfig
+from cnnc.compiler.train_config import QUIET_ARGUMENTS, QUIET_SETTINGS, TrainConfig
 
 PATH_DATASETS = ("folder", "npz")  # datasets whose argument is the path of the user's data
 
@@ -57,12 +57,15 @@ def with_setting(option: Option, key: str, value: Any) -> Option:
 
 
 def config_to_json(config: TrainConfig) -> dict[str, Any]:
-    """The settings as JSON, options written as in a spec (`sgd(lr=0.01, momentum=0.9, ...)`)."""
+    """The settings as JSON, options written as in a spec (`sgd(lr=0.01, momentum=0.9, ...)`); the
+    settings and arguments of QUIET_SETTINGS and QUIET_ARGUMENTS only when they are not their defaults."""
     def plain(value: Any) -> Any:
         if isinstance(value, Option):
-            return str(value)
+            return str(Option(value.name, tuple((key, item) for key, item in value.settings
+                                                if key not in QUIET_ARGUMENTS or item != QUIET_ARGUMENTS[key])))
         if isinstance(value, tuple):
             return [plain(item) for item in value]
         return value
 
-    return {field.name: plain(getattr(config, field.name)) for field in dataclasses.fields(config)}
+    return {field.name: plain(getattr(config, field.name)) for field in dataclasses.fields(config)
+            if field.name not in QUIET_SETTINGS or getattr(config, field.name) != QUIET_SETTINGS[field.name]}

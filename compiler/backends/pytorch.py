@@ -9,6 +9,9 @@ Conventions:
   `residual_down1.conv3.weight`. Batch norm keeps `weight`, `bias`, `running_mean` and
   `running_var` only (no `num_batches_tracked`), so the buffers are exactly the IR's
   non-trainable parameters and the state dict matches `initial_weights` key for key.
+- An array the op registry declares untrained (`trainable=false`, batchnorm's `scale=false`) is a
+  parameter with requires_grad False: it stays in the state dict and `parameters()`, but receives no
+  gradient, and training gives the optimizer only the parameters that require one.
 - Parameters are float32 whatever the spec's input dtype: training runs in float32, optionally
   under autocast (bf16); the dtype is a deployment setting of the ONNX backend.
 - Padding follows the IR's resolved `pads` (top, bottom, left, right), asymmetric where TensorFlow's
@@ -35,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cnnc.compiler.backends.weights import initial_weights
+from cnnc.compiler.backends.weights import initial_weights, node_parameters
 from cnnc.compiler.ir import Graph, Node
 from cnnc.compiler.ops import OPS
 from cnnc.compiler.passes import decompose, fused_activation, prune
@@ -447,6 +450,10 @@ class CnncModule(nn.Module):
         self._output = self._slots[graph.output]
         self._steps = _with_releases(steps, self._output)
         self._layers = {name: self._slots[name] for name in (n.name for n in live.nodes)}
+        frozen = {name for name, param in node_parameters(graph) if not param.trainable}
+        for name, parameter in self.named_parameters():
+            if name in frozen:
+                parameter.requires_grad_(False)
 
     def forward(self, x: Tensor) -> Tensor:
         values: list[Tensor | None] = [None] * len(self._slots)

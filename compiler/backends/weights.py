@@ -15,6 +15,11 @@ in_features) and fan_out = filters * kh * kw (or units):
     lecun_uniform   U(-a, a), a = sqrt(3 / fan_in);   lecun_normal  std = sqrt(1 / fan_in) / 0.8796
     normal(std, mean), truncated_normal(std, mean) (cut at 2 std), uniform(limit), constant(value),
     zeros, ones, torch_default (PyTorch's own: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), weight and bias)
+    dirac(rest)     in each group of filters, the first min(filters, in_channels) / groups filters are
+                    identities (1 at the kernel's centre for their own input channel of the group, 0
+                    elsewhere: torch.nn.init.dirac_ with groups); the other filters are drawn from `rest`
+    whiten(eps, images, rest)   `rest` here; a new training run sets the weight from the training
+                    images before its first step (cnnc.training.whiten, `whitening_weights` below)
 The 0.8796 corrects the standard deviation lost by cutting the normal at 2 standard deviations.
 Biases default to zeros (torch_default's to its own uniform); batch norm starts at weight 1, bias 0, mean 0, variance 1.
 """
@@ -30,6 +35,7 @@ import numpy as np
 from cnnc.compiler.arguments import Option
 from cnnc.compiler.ir import Graph, Node
 from cnnc.compiler.ops import OPS, Param
+from cnnc.compiler.ops.initializers import DIRAC, WHITEN
 from cnnc.compiler.passes import prune
 
 TRUNCATION_STD_CORRECTION = 0.87962566103423978
@@ -38,6 +44,11 @@ TRUNCATION_STD_CORRECTION = 0.87962566103423978
 def parameter_shapes(graph: Graph) -> dict[str, tuple[int, ...]]:
     """The name and shape of every parameter and buffer, in graph order."""
     return {name: param.shape for name, param in node_parameters(graph)}
+
+
+def parameter_roles(graph: Graph) -> dict[str, str]:
+    """The role (Param.role: "weight", "bias" or "norm") of every parameter and buffer, by name."""
+    return {name: param.role for name, param in node_parameters(graph)}
 
 
 def initial_weights(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
@@ -57,7 +68,7 @@ def node_parameters(graph: Graph) -> list[tuple[str, Param]]:
 def parameters_of(node: Node) -> tuple[Param, ...]:
     if node.op == "input":
         return ()
-    return OPS[node.op].parameters(node.attrs.as_dict(), node.shape)
+    return OPS[node.op].arrays(node.attrs.as_dict(), node.shape)
 
 
 def _truncated_normal(rng: np.random.Generator, shape: tuple[int, ...], mean: float, std: float) -> np.ndarray:
@@ -71,6 +82,18 @@ def _truncated_normal(rng: np.random.Generator, shape: tuple[int, ...], mean: fl
 
 def _uniform(rng: np.random.Generator, shape: tuple[int, ...], limit: float) -> np.ndarray:
     return rng.uniform(-limit, limit, shape)
+
+
+def _dirac(init: Option, shape: tuple[int, ...], fans: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    weight = _initialize(init["rest"], shape, fans, rng)
+    filters, per_group_in, height, width = shape
+    per_group_out = filters // init["groups"]
+    identities = min(per_group_out, per_group_in)
+    for group in range(init["groups"]):
+        first = group * per_group_out
+        weight[first:first + identities] = 0
+        weight[np.arange(first, first + identities), np.arange(identities), height // 2, width // 2] = 1
+    return weight
 
 
 _SCHEMES: dict[str, Callable[[Option, tuple[int, ...], tuple[int, int], np.random.Generator], np.ndarray]] = {
@@ -89,8 +112,26 @@ _SCHEMES: dict[str, Callable[[Option, tuple[int, ...], tuple[int, int], np.rando
     "zeros": lambda o, s, f, r: np.zeros(s),
     "ones": lambda o, s, f, r: np.ones(s),
     "torch_default": lambda o, s, f, r: _uniform(r, s, 1 / math.sqrt(f[0])),
+    DIRAC: _dirac,
+    WHITEN: lambda o, s, f, r: _initialize(o["rest"], s, f, r),
 }
 
 
 def _initialize(init: Option, shape: tuple[int, ...], fans: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     return _SCHEMES[init.name](init, shape, fans, rng)
+
+
+def whitening_weights(covariance: np.ndarray, shape: tuple[int, ...], eps: float) -> np.ndarray:
+    """The weight (filters, C, kh, kw) of init=whiten from the covariance of the flattened (C, kh, kw)
+    patches: its eigenvectors, largest eigenvalue first, each scaled by 1 / sqrt(eigenvalue + eps) (a
+    rounding-negative eigenvalue counts as 0) and signed so that its largest entry is positive; with
+    twice as many filters as patch dimensions, the negated filters follow (airbench's whitening layer)."""
+    filters, dimensions = shape[0], math.prod(shape[1:])
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+    values, vectors = eigenvalues[::-1], eigenvectors[:, ::-1].T  # rows, largest eigenvalue first
+    largest = np.abs(vectors).argmax(axis=1)
+    vectors = vectors * np.sign(vectors[np.arange(dimensions), largest])[:, None]
+    scaled = vectors / np.sqrt(np.maximum(values, 0.0) + eps)[:, None]
+    if filters == 2 * dimensions:
+        scaled = np.concatenate([scaled, -scaled])
+    return scaled.reshape(shape).astype(np.float32)

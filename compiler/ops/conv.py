@@ -8,9 +8,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from cnnc.compiler import shapes
-from cnnc.compiler.arguments import ArgSpec, Bool, Int, Padding, Pair
+from cnnc.compiler.arguments import ArgSpec, Bool, Int, Option, Padding, Pair
 from cnnc.compiler.ops.activation import ACTIVATION
 from cnnc.compiler.ops.core import (
+    TRAINABLE,
     Field,
     Inferred,
     OpDef,
@@ -24,7 +25,7 @@ from cnnc.compiler.ops.core import (
     need_feature_map,
     window_field,
 )
-from cnnc.compiler.ops.initializers import INITIALIZER
+from cnnc.compiler.ops.initializers import DIRAC, INITIALIZER, check_init
 from cnnc.dsl.codes import OUT_OF_RANGE
 
 FAMILY = "conv"
@@ -38,6 +39,7 @@ WEIGHT_ARGS = (
     ArgSpec("activation", ACTIVATION, None),
     ArgSpec("init", INITIALIZER, None, doc="default: the model's `init`, else glorot_uniform"),
     ArgSpec("bias_init", INITIALIZER, None, doc="default: zeros (torch_default's own under init=torch_default)"),
+    TRAINABLE,
 )
 
 
@@ -116,6 +118,7 @@ def _conv_infer(label: str, attrs: Mapping[str, Any], inputs: tuple[TensorInfo, 
     received = f"Received: groups={groups}, filters={filters}, input channels={channels} from {inputs[0].origin}"
     divides(label, "input channels", channels, groups, received)
     divides(label, "filters", filters, groups, received)
+    check_init(label, "conv", attrs, inputs[0])
     inferred = window(label, attrs, inputs[0])
     return Inferred(inferred.shape, {**inferred.attrs, "in_channels": channels}, inferred.formulas, inferred.warnings)
 
@@ -129,8 +132,12 @@ def conv_parameters(attrs: Mapping[str, Any], output: Shape) -> tuple[Param, ...
     kh, kw = attrs["kernel"]
     filters = attrs["filters"]
     fans = (_per_output(attrs), filters * kh * kw)
-    weight = Param("weight", (filters, attrs["in_channels"] // attrs["groups"], kh, kw), attrs["init"], fans=fans)
-    return (weight, Param("bias", (filters,), attrs["bias_init"], fans=fans)) if attrs["bias"] else (weight,)
+    init = attrs["init"]
+    if init.name == DIRAC:  # the identity is per group of filters (torch.nn.init.dirac_'s groups)
+        init = Option(DIRAC, (*init.settings, ("groups", attrs["groups"])))
+    weight = Param("weight", (filters, attrs["in_channels"] // attrs["groups"], kh, kw), init, fans=fans)
+    bias = Param("bias", (filters,), attrs["bias_init"], fans=fans, role="bias")
+    return (weight, bias) if attrs["bias"] else (weight,)
 
 
 def _conv_macs(attrs: Mapping[str, Any], inputs: tuple[Shape, ...], output: Shape) -> int:
@@ -157,6 +164,7 @@ CONV = OpDef(
 def _depthwise_infer(label: str, attrs: Mapping[str, Any], inputs: tuple[TensorInfo, ...]) -> Inferred:
     channels = need_feature_map(label, inputs[0])[0]
     full = {**attrs, "filters": channels * attrs["multiplier"], "groups": channels}
+    check_init(label, "depthwise_conv", full, inputs[0])
     inferred = window(label, full, inputs[0])
     resolved = {**inferred.attrs, "filters": full["filters"], "groups": channels, "in_channels": channels}
     return Inferred(inferred.shape, resolved, inferred.formulas, inferred.warnings)
@@ -178,7 +186,7 @@ DEPTHWISE_CONV = OpDef(
         ArgSpec("dilation", Pair(), (1, 1)),
         *WEIGHT_ARGS,
     ),
-    _depthwise_infer, "depthwise_conv(3, multiplier=2, padding=1, activation=relu)",
+    _depthwise_infer, "depthwise_conv(3, multiplier=2, padding=1, init=dirac, activation=relu)",
     parameters=conv_parameters, macs=_conv_macs, field=window_field, decomposition=_as_conv,
 )
 
@@ -213,6 +221,7 @@ def _transpose_infer(label: str, attrs: Mapping[str, Any], inputs: tuple[TensorI
     received = f"Received: groups={groups}, filters={filters}, input channels={channels} from {info.origin}"
     divides(label, "input channels", channels, groups, received)
     divides(label, "filters", filters, groups, received)
+    check_init(label, "conv_transpose", attrs, info)
     kernel, stride, dilation = attrs["kernel"], attrs["stride"], attrs["dilation"]
     output_padding, padding = attrs["output_padding"], attrs["padding"]
     if padding == "same" and output_padding != (0, 0):
@@ -258,7 +267,8 @@ def _transpose_parameters(attrs: Mapping[str, Any], output: Shape) -> tuple[Para
     filters, groups, channels = attrs["filters"], attrs["groups"], attrs["in_channels"]
     fans = (filters // groups * kh * kw, channels * kh * kw)
     weight = Param("weight", (channels, filters // groups, kh, kw), attrs["init"], fans=fans)
-    return (weight, Param("bias", (filters,), attrs["bias_init"], fans=fans)) if attrs["bias"] else (weight,)
+    bias = Param("bias", (filters,), attrs["bias_init"], fans=fans, role="bias")
+    return (weight, bias) if attrs["bias"] else (weight,)
 
 
 def _transpose_macs(attrs: Mapping[str, Any], inputs: tuple[Shape, ...], output: Shape) -> int:

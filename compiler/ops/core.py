@@ -4,7 +4,8 @@ An op declares, in one place (its family's module in this package):
     args            its arguments (kinds, defaults, docs), bound and checked by compiler.arguments
     infer           its shape rule: input shapes -> output shape, or a ShapeError that says why not
     parameters      its arrays (name, shape, initializer, trainable or not); parameter counts and the
-                    weights of every backend derive from them
+                    weights of every backend derive from them. An op with parameters takes TRAINABLE,
+                    whose `trainable=false` freezes them all (see OpDef.arrays)
     macs            its multiply-accumulates per sample
     field           its receptive-field rule
     decomposition   optionally, the same computation written with other ops, which a backend
@@ -17,12 +18,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any
 
 from cnnc.compiler import shapes
-from cnnc.compiler.arguments import ArgSpec, Option
+from cnnc.compiler.arguments import ArgSpec, Bool, Option
 from cnnc.dsl.codes import OUT_OF_RANGE, SHAPE_ERROR, WRONG_RANK
 
 Shape = tuple[int, ...]
@@ -36,6 +37,8 @@ class TensorInfo:
     shape: Shape
     line: int
     formulas: tuple[str, str] | None = None  # how its height and width were computed
+    node: str = ""            # the layer that produces it
+    from_input: bool = False  # whether that is the model's input
 
     @property
     def origin(self) -> str:
@@ -59,13 +62,19 @@ class ShapeError(Exception):
 
 @dataclass(frozen=True)
 class Param:
-    """One array of a layer, named as in PyTorch's state_dict (`weight`, `running_mean`)."""
+    """One array of a layer, named as in PyTorch's state_dict (`weight`, `running_mean`).
+
+    `role` is what the optimizer's per-group settings go by (never the name): "weight" (the default),
+    "bias" (an additive term: the bias of a conv, transposed conv or dense layer, and the shift of a
+    norm layer) or "norm" (the other arrays of the norm family: scales and running statistics).
+    """
 
     name: str
     shape: Shape
     init: Option
     trainable: bool = True
     fans: tuple[int, int] = (1, 1)  # fan_in, fan_out, for the scaled initializers
+    role: str = "weight"
 
     @property
     def size(self) -> int:
@@ -165,6 +174,17 @@ class OpDef:
     def takes_activation(self) -> bool:
         """Whether the op has a fused `activation=` argument."""
         return "activation" in self.arg_names
+
+    def arrays(self, attrs: Mapping[str, Any], output: Shape) -> tuple[Param, ...]:
+        """The layer's arrays as trained: `parameters`, every one frozen under `trainable=false`."""
+        declared = self.parameters(attrs, output)
+        if attrs.get("trainable", True):
+            return declared
+        return tuple(replace(param, trainable=False) for param in declared)
+
+
+# The argument of every op with parameters.
+TRAINABLE = ArgSpec("trainable", Bool(), True, doc="false freezes every parameter of the layer: not trained")
 
 
 # --- rules shared by several families ---------------------------------------------------------------

@@ -8,6 +8,7 @@ from typing import Any
 from cnnc.compiler.arguments import ArgSpec, Int
 from cnnc.compiler.ops.conv import WEIGHT_ARGS
 from cnnc.compiler.ops.core import Inferred, OpDef, Param, Shape, ShapeError, TensorInfo, describe
+from cnnc.compiler.ops.initializers import check_init
 from cnnc.dsl.codes import WRONG_RANK
 
 FAMILY = "linear"
@@ -22,13 +23,15 @@ def _dense_infer(label: str, attrs: Mapping[str, Any], inputs: tuple[TensorInfo,
             f"or global_avgpool (giving {info.shape[0]}) before it",
             code=WRONG_RANK,
         )
+    check_init(label, "dense", attrs, info)
     return Inferred((attrs["units"],), {"in_features": info.shape[0]})
 
 
 def _dense_parameters(attrs: Mapping[str, Any], output: Shape) -> tuple[Param, ...]:
     units, features = attrs["units"], attrs["in_features"]
     weight = Param("weight", (units, features), attrs["init"], fans=(features, units))
-    return (weight, Param("bias", (units,), attrs["bias_init"], fans=(features, units))) if attrs["bias"] else (weight,)
+    bias = Param("bias", (units,), attrs["bias_init"], fans=(features, units), role="bias")
+    return (weight, bias) if attrs["bias"] else (weight,)
 
 
 def _dense_macs(attrs: Mapping[str, Any], inputs: tuple[Shape, ...], output: Shape) -> int:

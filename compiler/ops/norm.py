@@ -7,25 +7,37 @@ from typing import Any
 
 from cnnc.compiler.arguments import ArgSpec, Bool, Float, Int, Option
 from cnnc.compiler.ops.core import (
+    TRAINABLE,
     Inferred,
     OpDef,
     Param,
     Shape,
+    ShapeError,
     TensorInfo,
     divides,
     same_as_input,
     whole_input_field,
 )
 from cnnc.compiler.ops.initializers import ONES, ZEROS
+from cnnc.dsl.codes import BAD_WEIGHTS
 
 FAMILY = "norm"
 
 
+def _batchnorm_infer(label: str, attrs: Mapping[str, Any], inputs: tuple[TensorInfo, ...]) -> Inferred:
+    if not attrs["scale"] and not attrs["affine"]:
+        raise ShapeError(f"{label}: scale=false holds the scale at 1, but with affine=false there is no scale",
+                         "use one of them: affine=false has neither scale nor shift, scale=false keeps the shift",
+                         code=BAD_WEIGHTS)
+    return Inferred(inputs[0].shape)
+
+
 def _batchnorm_parameters(attrs: Mapping[str, Any], output: Shape) -> tuple[Param, ...]:
     channels = (output[0],)
-    affine = (Param("weight", channels, ONES), Param("bias", channels, ZEROS)) if attrs["affine"] else ()
-    return (*affine, Param("running_mean", channels, ZEROS, trainable=False),
-            Param("running_var", channels, ONES, trainable=False))
+    scale = Param("weight", channels, ONES, trainable=attrs["scale"], role="norm")
+    affine = (scale, Param("bias", channels, ZEROS, role="bias")) if attrs["affine"] else ()
+    return (*affine, Param("running_mean", channels, ZEROS, trainable=False, role="norm"),
+            Param("running_var", channels, ONES, trainable=False, role="norm"))
 
 
 BATCHNORM = OpDef(
@@ -34,8 +46,10 @@ BATCHNORM = OpDef(
         ArgSpec("momentum", Float(minimum=0, maximum=1), 0.1, doc="PyTorch's convention: the weight of the new batch"),
         ArgSpec("eps", Float(minimum=0), 1e-5),
         ArgSpec("affine", Bool(), True),
+        ArgSpec("scale", Bool(), True, doc="false holds the scale (weight) at 1, untrained (Keras's scale)"),
+        TRAINABLE,
     ),
-    same_as_input, "batchnorm(momentum=0.2, eps=0.001)", parameters=_batchnorm_parameters,
+    _batchnorm_infer, "batchnorm(momentum=0.2, eps=0.001, scale=false)", parameters=_batchnorm_parameters,
 )
 
 
@@ -44,10 +58,11 @@ BATCHNORM = OpDef(
 
 def _affine_parameters(attrs: Mapping[str, Any], output: Shape) -> tuple[Param, ...]:
     channels = (output[0],)
-    return (Param("weight", channels, ONES), Param("bias", channels, ZEROS)) if attrs["affine"] else ()
+    scale, shift = Param("weight", channels, ONES, role="norm"), Param("bias", channels, ZEROS, role="bias")
+    return (scale, shift) if attrs["affine"] else ()
 
 
-_NORM_ARGS = (ArgSpec("eps", Float(minimum=0), 1e-5), ArgSpec("affine", Bool(), True))
+_NORM_ARGS = (ArgSpec("eps", Float(minimum=0), 1e-5), ArgSpec("affine", Bool(), True), TRAINABLE)
 
 LAYERNORM = OpDef(
     "layernorm", FAMILY,
@@ -74,12 +89,12 @@ GROUPNORM = OpDef(
 
 
 def _scale_parameters(attrs: Mapping[str, Any], output: Shape) -> tuple[Param, ...]:
-    return (Param("weight", (output[0],), Option("constant", (("value", attrs["init"]),))),)
+    return (Param("weight", (output[0],), Option("constant", (("value", attrs["init"]),)), role="norm"),)
 
 
 SCALE = OpDef(
     "scale", FAMILY, "a learnable per-channel multiplier (ConvNeXt's layer scale), starting at `init`",
-    (ArgSpec("init", Float(), 1.0, positional=True, doc="the multiplier's initial value, such as 1e-6"),),
+    (ArgSpec("init", Float(), 1.0, positional=True, doc="the multiplier's initial value, such as 1e-6"), TRAINABLE),
     same_as_input, "conv(4, 3) -> scale(0.5)", parameters=_scale_parameters,
 )
 
