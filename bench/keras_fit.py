@@ -36,7 +36,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,14 +48,11 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_results import replace_section  # noqa: E402
+from train_throughput import session_for  # noqa: E402
 
-from cnnc.compiler.check import check_file  # noqa: E402
 from cnnc.runtime.measure import machine  # noqa: E402
 from cnnc.training.data import TensorSplit  # noqa: E402
-from cnnc.training.distributed import World  # noqa: E402
-from cnnc.training.reporting import Console  # noqa: E402
-from cnnc.training.run import Execution, Session  # noqa: E402
-from cnnc.training.settings import Overrides  # noqa: E402
+from cnnc.training.run import Session  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "keras-fit"
@@ -187,22 +183,13 @@ class KerasSide:
         self.model.fit(self.x, self.y, batch_size=self.batch_size, epochs=1, shuffle=True, verbose=0)
 
 
-def session_for(spec_name: str, data: str | None, limit_train: int | None, limit_test: int | None) -> Session:
-    """cnnc's session for the spec, as bench/train_throughput.py makes it: no augmentation, no validation."""
-    spec = ROOT / "specs" / f"{spec_name}.cnn"
-    program = check_file(spec).program
-    overrides = Overrides(limit_train=limit_train, limit_test=limit_test, data=data)
-    execution = Execution("cpu", channels_last=True, compile=False, bf16=False)
-    session = Session.create(program, overrides, execution, World(), Console("quiet"),
-                             Path(tempfile.mkdtemp()), str(spec))
-    session.trainer.validation_data = None
-    session.trainer.preparer.augmenter = None
-    return session
+def spec_file(spec_name: str) -> Path:
+    return ROOT / "specs" / f"{spec_name}.cnn"
 
 
 def measure(spec_name: str, images: int, rounds: int, data: str | None) -> dict[str, list[float]]:
     """Images per second of each side, one rate per round."""
-    session = session_for(spec_name, data, images, 1)
+    session = session_for(spec_file(spec_name), images, True, data)
     keras_side = KerasSide(keras_specs()[spec_name], session)
     epoch = [0]
 
@@ -226,7 +213,7 @@ def measure(spec_name: str, images: int, rounds: int, data: str | None) -> dict[
 
 def one_epoch_accuracy(spec_name: str, data: str | None) -> dict[str, float]:
     """Test accuracy after one epoch of the whole training set, from fresh weights, on each side."""
-    session = session_for(spec_name, data, None, None)
+    session = session_for(spec_file(spec_name), None, True, data, test_images=None)
     keras_side = KerasSide(keras_specs()[spec_name], session)
     session.trainer._epoch(1)
     test = session.splits.test

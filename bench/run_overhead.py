@@ -4,8 +4,9 @@
     python bench/run_overhead.py --data DIR --runs 7 --write bench/RUN_OVERHEAD.md
     python bench/run_overhead.py --spec specs/xo.cnn --runs 1 --limit-train 64  # a quick try (xo needs no files)
 
-Each run is the command a user types, `python -m cnnc train SPEC --data DIR --out TMP`, in a fresh
-process (stdout a pipe, so no progress bar, as in a log). Its wall time is taken around the whole
+Each run is the command a user types, `python -m cnnc train SPEC --data DIR --out TMP --json`, in a
+fresh process started in the repository's root (train_results.run_train: stdout a pipe, so no progress
+bar, as in a log; SPEC and DIR are relative to the root). Its wall time is taken around the whole
 process: interpreter start, imports, data, model, steps, test evaluation, plots, checkpoints, exit.
 Its training-step time is read from the run's own metrics.jsonl: per epoch, the training images
 divided by the epoch's images per second, which the trainer measures over its steps alone (no
@@ -43,6 +44,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_results import run_train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,14 +124,6 @@ class TimingFinder(importlib.abc.MetaPathFinder):
         self.patched: set[str] = set()
         self.helper_report: Path | None = None  # where the plot helper, if started, writes its intervals
 
-    def _timed_helper(self) -> Callable:
-        """cnnc's plot helper process, started through this script so that its phases are timed too."""
-        def spawn_timed():
-            return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--helper-child",
-                                     str(self.helper_report)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    text=True)
-        return spawn_timed
-
     def find_spec(self, name, path, target=None):
         if name not in TIMED_MODULES and name not in self.functions:
             return None
@@ -157,7 +153,9 @@ class TimingFinder(importlib.abc.MetaPathFinder):
 
     def _patch(self, name: str, module) -> None:
         if name == "cnnc.training.plotter" and self.helper_report is not None:
-            module.spawn_helper = self._timed_helper()
+            # cnnc's plot helper process, started through this script so that its phases are timed too
+            module.HELPER_COMMAND = [sys.executable, str(Path(__file__).resolve()), "--helper-child",
+                                     str(self.helper_report)]
         for attribute, label in self.functions.get(name, ()):
             owner, _, function_name = attribute.rpartition(".")
             holder = getattr(module, owner) if owner else module
@@ -213,19 +211,14 @@ class Run:
         return self.wall / self.steps
 
 
-def train_command(spec: str, data: str | None, out: Path, extra: Sequence[str]) -> list[str]:
-    return [sys.executable, "-m", "cnnc", "train", spec, *(["--data", data] if data else []), "--out", str(out),
-            *extra]
+def train_arguments(spec: str, data: str | None, out: Path, extra: Sequence[str]) -> list[str]:
+    """`cnnc train`'s arguments for one run (train_results.run_train adds --json)."""
+    return [spec, *(["--data", data] if data else []), "--out", str(out), *extra]
 
 
 def plain_run(spec: str, data: str | None, out: Path, extra: Sequence[str]) -> Run:
-    command = train_command(spec, data, out, extra)
-    started = time.monotonic()
-    finished = subprocess.run(command, capture_output=True, text=True)
-    wall = time.monotonic() - started
-    if finished.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed ({finished.returncode}):\n{finished.stderr}")
-    return Run(wall, step_seconds(out), test_accuracy(out))
+    run = run_train(train_arguments(spec, data, out, extra), f"cnnc train {spec}")
+    return Run(run.wall_seconds, step_seconds(out), run.final["test_accuracy"])
 
 
 def _records(run_dir: Path) -> list[dict[str, Any]]:
@@ -240,16 +233,12 @@ def step_seconds(run_dir: Path) -> float:
                and "images_per_second" in record)
 
 
-def test_accuracy(run_dir: Path) -> float:
-    return next(record["test_accuracy"] for record in _records(run_dir) if "test_accuracy" in record)
-
-
 def breakdown_run(spec: str, data: str | None, out: Path, extra: Sequence[str]) -> dict[str, Any]:
     report = out.with_suffix(".json")
     command = [sys.executable, str(Path(__file__).resolve()), "--breakdown-child", str(report), "--",
-               *train_command(spec, data, out, extra)[3:]]
+               "train", *train_arguments(spec, data, out, extra), "--json"]
     spawned = time.monotonic()
-    finished = subprocess.run(command, capture_output=True, text=True)
+    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     exited = time.monotonic()
     if finished.returncode != 0:
         raise SystemExit(f"the breakdown run failed ({finished.returncode}):\n{finished.stderr}")
@@ -303,7 +292,7 @@ def report(spec: str, data: str | None, extra: Sequence[str], runs: list[Run], b
            loads: tuple[tuple[float, ...], tuple[float, ...]], command: str) -> str:
     ratios = [run.ratio for run in runs]
     fastest = min(runs, key=lambda run: run.wall)
-    shown = " ".join(train_command(spec, data, Path("RUN_DIR"), extra)[1:]).replace(sys.executable, "python")
+    shown = " ".join(["-m cnnc train", *train_arguments(spec, data, Path("RUN_DIR"), extra), "--json"])
     lines = [
         "# The fixed cost of a run",
         "",

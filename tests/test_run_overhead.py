@@ -1,5 +1,6 @@
-"""What a run overlaps to cut its fixed cost: data loaded ahead (cnnc.datasets.standard.loading_ahead),
-plots drawn by a helper process (cnnc.training.plotter), and the benchmark that times it all
+"""What a run does to cut its fixed cost: data loaded ahead (cnnc.datasets.standard.loading_ahead),
+plots drawn by a helper process (cnnc.training.plotter), test evaluation in inference mode; that
+none of it changes what a run prints or writes; and the benchmark that times it all
 (bench/run_overhead.py, run here on a tiny run only to show that its timers still find what they time)."""
 
 from __future__ import annotations
@@ -12,12 +13,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from cnnc.cli import main
+from cnnc.compiler.check import check_file
 from cnnc.datasets import standard
 from cnnc.datasets.registry import MNIST
 from cnnc.errors import CnncError
 from cnnc.training import plotter, reporting
+from cnnc.training.distributed import World
 from cnnc.training.plotter import Plots
+from cnnc.training.reporting import Console
+from cnnc.training.run import Execution, Session
+from cnnc.training.settings import Overrides
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = Path(os.environ["CNNC_DATA"]) / "mnist"
@@ -114,6 +122,111 @@ def test_closing_ends_the_helper_without_drawing(tmp_path: Path) -> None:
     assert process.poll() is not None
     plots.wait()  # nothing was asked for: nothing to draw
     assert list(tmp_path.iterdir()) == []
+
+
+def test_closing_after_plots_were_sent_lets_the_helper_finish_them(tmp_path: Path) -> None:
+    process = plotter.spawn_helper()
+    assert process is not None
+    plots = Plots(process)
+    plots.curves(HISTORY, tmp_path / reporting.CURVES, "model")
+    plots.close()  # the run failed after sending them: no half-written plot is left behind
+    assert process.returncode == 0
+    _draw_all(Plots(), tmp_path / "here")
+    assert (tmp_path / reporting.CURVES).read_bytes() == (tmp_path / "here" / reporting.CURVES).read_bytes()
+
+
+def test_a_helper_that_hangs_is_given_up_and_the_plots_are_drawn_here(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(plotter, "HELPER_COMMAND", [sys.executable, "-c", "import time; time.sleep(600)"])
+    monkeypatch.setattr(plotter, "HELPER_TIMEOUT", 1.0)
+    process = plotter.spawn_helper()
+    assert process is not None
+    files = _draw_all(Plots(process), tmp_path / "run")
+    assert process.returncode is not None  # ended, not left behind
+    assert set(files) == {reporting.CURVES, reporting.CONFUSION_PNG, reporting.CONFUSION_JSON}
+
+
+# --- what the overlaps must not change ---------------------------------------------------------------
+
+def test_a_missing_spec_is_still_reported_after_what_the_run_checks_first(tmp_path, monkeypatch, capsys) -> None:
+    # The spec is read before torch is imported (to load its data ahead); its errors are the run's to report.
+    monkeypatch.chdir(tmp_path)
+    code = main(["train", "missing.cnn", "--device", "cuda"])
+    error = capsys.readouterr().err
+    if torch.cuda.is_available():
+        assert code == 2 and "no such spec file: missing.cnn" in error
+    else:
+        assert code == 1 and "--device cuda: CUDA is not available" in error
+
+
+TINY_XO = """
+model m {
+    input glyph(1, 28, 28)
+    conv(4, kernel=3, stride=2, padding=same, activation=relu)
+    global_avgpool
+    dense(2)
+}
+train {
+    dataset xo
+    epochs 1
+    batch 64
+}
+"""
+
+
+def test_a_run_with_the_helper_leaves_the_files_a_run_without_it_does(tmp_path: Path, capsys) -> None:
+    spec = tmp_path / "m.cnn"
+    spec.write_text(TINY_XO)
+    flags = ["--limit-train", "128", "--limit-test", "32", "--json"]
+    # A fresh process starts the plot helper; this one, with matplotlib imported already, draws here.
+    helped = subprocess.run([sys.executable, "-m", "cnnc", "train", str(spec), *flags, "--out", "helped"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert helped.returncode == 0 and helped.stderr == "", helped.stderr
+    import matplotlib.pyplot  # noqa: F401
+
+    assert main(["train", str(spec), *flags, "--out", str(tmp_path / "here")]) == 0
+    capsys.readouterr()
+
+    def files(run_dir: Path) -> list[str]:
+        return sorted(str(path.relative_to(run_dir)) for path in run_dir.rglob("*"))
+
+    assert files(tmp_path / "helped") == files(tmp_path / "here")
+    assert {reporting.CURVES, reporting.CONFUSION_PNG, reporting.CONFUSION_JSON} <= set(files(tmp_path / "here"))
+
+
+BATCH_NORM_LOOKAHEAD = """
+model m {
+    input glyph(1, 28, 28)
+    conv(4, kernel=3, stride=2, padding=same, bias=false) -> batchnorm -> relu
+    global_avgpool
+    dense(2)
+}
+train {
+    dataset xo
+    epochs 2
+    batch 32
+    validation 0.25
+    lookahead(k=2)
+}
+"""
+
+
+def test_evaluation_in_inference_mode_leaves_the_weights_trainable(tmp_path: Path) -> None:
+    # Tensors made under inference mode cannot be updated in place outside it: the batch-norm buffers
+    # (broadcast by share_buffers and DDP) and the averaged weights must stay ordinary tensors.
+    spec = tmp_path / "m.cnn"
+    spec.write_text(BATCH_NORM_LOOKAHEAD)
+    session = Session.create(check_file(spec).program, Overrides(limit_train=128, limit_test=16),
+                             Execution("cpu", channels_last=False, compile=False, bf16=False), World(),
+                             Console("quiet"), tmp_path / "run", str(spec))
+    trainer = session.trainer
+    assert trainer.average is not None
+    assert trainer._epoch(1)["val_accuracy"] is not None  # evaluated, under inference mode
+    modules = (trainer.model, trainer.average.module)
+    assert not [name for module in modules for name, tensor in module.state_dict().items() if tensor.is_inference()]
+    statistics = trainer.model.state_dict()["batchnorm1.running_mean"]
+    before = statistics.clone()
+    trainer._epoch(2)  # updates the statistics in place again, as DDP's broadcast of them does
+    assert not torch.equal(statistics, before)
 
 
 # --- the benchmark ---------------------------------------------------------------------------------

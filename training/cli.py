@@ -111,14 +111,14 @@ def _loading_data_ahead(spec: str | None, overrides: Overrides) -> contextlib.Ab
     from cnnc.compiler.check import check_file, spec_path
     from cnnc.datasets.registry import STANDARD_DATASETS
     from cnnc.datasets.standard import loading_ahead
-    from cnnc.errors import CnncError
+    from cnnc.errors import CnncError, UsageError
     from cnnc.training.settings import effective_config
 
     if spec is None:
         return contextlib.nullcontext()
     try:
         result = check_file(spec_path(spec), check_dataset=overrides.dataset is None)
-    except CnncError:
+    except (CnncError, UsageError):  # raised again by the run, after what it checks first (--device, say)
         return contextlib.nullcontext()
     if result.has_errors or result.program is None or result.program.train is None:
         return contextlib.nullcontext()

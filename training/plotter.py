@@ -9,13 +9,15 @@ the same. Whatever the helper could not draw (it did not start, died, or failed)
 run's own process, so that a real error (a full disk, say) is raised there as it always was.
 
 Protocol: one JSON job per line on the helper's stdin, one line back per job ("ok" or "error");
-the helper ends at the end of its input. It ignores Ctrl-C: the run handles that and ends the helper.
+the helper ends at the end of its input, so it never outlives the run by more than the plot it is
+drawing. It runs in a session of its own, so that the terminal's Ctrl-C reaches the run alone (which
+handles it, and ends the helper). The run waits for it HELPER_TIMEOUT seconds at most, then draws
+what is left itself: a helper that hangs cannot hang the run.
 """
 
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -25,6 +27,11 @@ from typing import Any
 import numpy as np
 
 from cnnc.training import reporting
+
+# How the helper is started (bench/run_overhead.py starts it through itself, to time it).
+HELPER_COMMAND = [sys.executable, "-m", "cnnc.training.plotter"]
+# Seconds the run waits for the helper's plots (a second or two normally) before drawing them itself.
+HELPER_TIMEOUT = 60.0
 
 
 class Plots:
@@ -61,9 +68,14 @@ class Plots:
                 draw_here()
 
     def close(self) -> None:
-        """End the helper without waiting for its plots (the run stopped before it needed them)."""
+        """End the helper (the run stopped before it waited for the plots): at once when it was sent
+        nothing, else once it has drawn what it was sent, so that no plot is left half-written."""
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
+        if process is None:
+            return
+        if any(sent for _, sent in self.jobs):
+            _finish(process)
+        elif process.poll() is None:
             process.kill()
             process.wait()
 
@@ -83,22 +95,21 @@ class Plots:
 def spawn_helper() -> subprocess.Popen[str] | None:
     """The helper process, started (None if it cannot be)."""
     try:
-        return subprocess.Popen([sys.executable, "-m", "cnnc.training.plotter"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True)
+        return subprocess.Popen(HELPER_COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                start_new_session=True)
     except OSError:
         return None
 
 
 def _finish(process: subprocess.Popen[str]) -> list[str]:
-    """The helper's outcome per job, once it has drawn them all."""
+    """The helper's outcome per job, once it has drawn them all (fewer if it died, none if it timed out)."""
     try:
-        assert process.stdin is not None and process.stdout is not None
-        process.stdin.close()
-        outcomes = [line.strip() for line in process.stdout]
-    except OSError:
-        outcomes = []
-    process.wait()
-    return outcomes
+        output, _ = process.communicate(timeout=HELPER_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return []
+    return [line.strip() for line in output.splitlines()]
 
 
 # --- the helper process ---------------------------------------------------------------------------
@@ -112,7 +123,7 @@ def _draw(job: Mapping[str, Any]) -> None:
 
 
 def _serve() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    replies, sys.stdout = sys.stdout, sys.stderr  # what a library prints must not pass for a reply
     try:
         import matplotlib
 
@@ -126,7 +137,7 @@ def _serve() -> None:
             outcome = "ok"
         except Exception:  # noqa: BLE001 - the run draws it again, and raises what it raises
             outcome = "error"
-        print(outcome, flush=True)
+        print(outcome, file=replies, flush=True)
 
 
 if __name__ == "__main__":
