@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_results import run_train  # noqa: E402
@@ -163,7 +163,7 @@ class TimingFinder(importlib.abc.MetaPathFinder):
             self.patched.add(f"{name}.{attribute}")
 
 
-def helper_child(report: Path) -> int:
+def helper_child(report: Path) -> NoReturn:
     """Serve as cnnc's plot helper with its phases timed; write the intervals to `report`."""
     recorder = Recorder()
     sys.meta_path.insert(0, TimingFinder(recorder))
@@ -172,10 +172,10 @@ def helper_child(report: Path) -> int:
 
     plotter._serve()
     report.write_text(json.dumps([interval.to_json() for interval in recorder.intervals]))
-    return 0
+    os._exit(0)  # as the helper does (see the end of cnnc/training/plotter.py)
 
 
-def breakdown_child(report: Path, argv: list[str]) -> int:
+def breakdown_child(report: Path, argv: list[str]) -> NoReturn:
     """Run `cnnc <argv>` in this process with the phases timed; write the intervals to `report`."""
     started = time.monotonic()
     recorder = Recorder()
@@ -195,7 +195,8 @@ def breakdown_child(report: Path, argv: list[str]) -> int:
         "unpatched": sorted(expected - finder.patched),
         "intervals": [interval.to_json() for interval in recorder.intervals],
     }))
-    return code
+    sys.stderr.flush()
+    os._exit(code)  # as cnnc.cli.program does after cnnc train: no interpreter teardown
 
 
 # --- the parent: plain runs and the breakdown -------------------------------------------------------
@@ -327,9 +328,9 @@ def report(spec: str, data: str | None, extra: Sequence[str], runs: list[Run], b
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--breakdown-child":
-        return breakdown_child(Path(sys.argv[2]), sys.argv[4:])
+        breakdown_child(Path(sys.argv[2]), sys.argv[4:])
     if len(sys.argv) > 1 and sys.argv[1] == "--helper-child":
-        return helper_child(Path(sys.argv[2]))
+        helper_child(Path(sys.argv[2]))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", default="specs/mnist_fast.cnn", help="the spec to train (default: mnist_fast)")
     parser.add_argument("--data", help="the dataset's directory (passed to cnnc train --data)")

@@ -1,7 +1,8 @@
 """What a run does to cut its fixed cost: data loaded ahead (cnnc.datasets.standard.loading_ahead),
-plots drawn by a helper process (cnnc.training.plotter), test evaluation in inference mode; that
-none of it changes what a run prints or writes; and the benchmark that times it all
-(bench/run_overhead.py, run here on a tiny run only to show that its timers still find what they time)."""
+plots drawn by a helper process (cnnc.training.plotter), test evaluation in inference mode, no
+interpreter teardown after `cnnc train` (cnnc.cli.program); that none of it changes what a run prints
+or writes; and the benchmark that times it all (bench/run_overhead.py, run here on a tiny run only to
+show that its timers still find what they time)."""
 
 from __future__ import annotations
 
@@ -181,6 +182,7 @@ def test_a_run_with_the_helper_leaves_the_files_a_run_without_it_does(tmp_path: 
     helped = subprocess.run([sys.executable, "-m", "cnnc", "train", str(spec), *flags, "--out", "helped"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert helped.returncode == 0 and helped.stderr == "", helped.stderr
+    assert json.loads(helped.stdout.splitlines()[-1])["event"] == "done"  # all printed before the quick exit
     import matplotlib.pyplot  # noqa: F401
 
     assert main(["train", str(spec), *flags, "--out", str(tmp_path / "here")]) == 0

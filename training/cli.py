@@ -65,7 +65,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     mode = output.add_mutually_exclusive_group()
     mode.add_argument("--quiet", action="store_true", help="print only the final line")
     mode.add_argument("--json", action="store_true", help="one JSON object per event on stdout")
-    train.set_defaults(handler=run_train)
+    # A run writes and closes all its files before it returns: torch's teardown can be skipped (see cnnc/cli.py)
+    train.set_defaults(handler=run_train, exit_at_once=True)
 
 
 def run_train(args: argparse.Namespace) -> int:

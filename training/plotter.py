@@ -18,6 +18,7 @@ what is left itself: a helper that hangs cannot hang the run.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -142,3 +143,6 @@ def _serve() -> None:
 
 if __name__ == "__main__":
     _serve()
+    # Its replies are flushed and its files closed: the run, which waits for it to end, need not
+    # also wait for the interpreter's teardown of matplotlib (a third of a second).
+    os._exit(0)
