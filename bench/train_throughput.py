@@ -104,9 +104,12 @@ def hand_optimizer(parameters, option) -> torch.optim.Optimizer:
                 weight_decay=option["weight_decay"])
 
 
-def session_for(spec: Path, images: int, channels_last: bool, data: str | None) -> Session:
+def session_for(spec: Path, images: int | None, channels_last: bool, data: str | None,
+                test_images: int | None = 1) -> Session:
+    """cnnc's session for the spec on its first `images` training images (None: all), without
+    augmentation or validation (also used by bench/keras_fit.py)."""
     program = check_file(spec).program
-    overrides = Overrides(limit_train=images, limit_test=1, data=data)
+    overrides = Overrides(limit_train=images, limit_test=test_images, data=data)
     execution = Execution("cpu", channels_last, compile=False, bf16=False)
     session = Session.create(program, overrides, execution, World(), Console("quiet"),
                               Path(tempfile.mkdtemp()), str(spec))

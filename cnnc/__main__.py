@@ -1,5 +1,3 @@
-import sys
+from cnnc.cli import program
 
-from cnnc.cli import main
-
-sys.exit(main())
+program()

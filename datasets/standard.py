@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cnnc.datasets.dataset import Dataset
 from cnnc.datasets.download import download_files, source_url
 from cnnc.datasets.files import DataFile, locate, read_data_file
 from cnnc.datasets.registry import DATA_ROOT_ENV, StandardDataset
 from cnnc.errors import CnncError
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 # How a caller that did not ask for a download can get one; each command says it with its own flags.
 DOWNLOAD_HINT = "pass download=True"
@@ -26,6 +31,16 @@ def load_standard(
     download_hint: str = DOWNLOAD_HINT,
 ) -> Dataset:
     directory = resolve_directory(dataset, data_dir)
+    ahead = _AHEAD.pop((dataset.name, split, directory), None)
+    if ahead is not None:
+        with contextlib.suppress(Exception):  # anything that failed is loaded again here, to raise here
+            return ahead.result()
+    return _load(dataset, split, directory, download=download, progress=progress, mirror=mirror,
+                 download_hint=download_hint)
+
+
+def _load(dataset: StandardDataset, split: str, directory: Path, *, download: bool, progress: bool,
+          mirror: str | None, download_hint: str = DOWNLOAD_HINT) -> Dataset:
     specs = dataset.files[split]
     missing = [spec for spec in specs if locate(directory, spec) is None]
     if missing and not download:
@@ -49,6 +64,37 @@ def load_standard(
         if problem is not None:
             raise CnncError(problem)
     return Dataset(dataset.name, split, images, labels, dataset.classes)
+
+
+# Splits being loaded on another thread (see loading_ahead), by (dataset, split, directory).
+_AHEAD: dict[tuple[str, str, Path], Future[Dataset]] = {}
+
+
+@contextlib.contextmanager
+def loading_ahead(dataset: StandardDataset, splits: Sequence[str], data_dir: str | Path | None) -> Iterator[None]:
+    """Load `splits` on a background thread while the caller does other work (reading, decompressing
+    and checksumming release the GIL, so it overlaps importing torch, say); load_standard of one of
+    them within the block takes the result. Splits with a missing file are left alone (load_standard
+    downloads them); what is not taken is dropped when the block ends."""
+    directory = resolve_directory(dataset, data_dir)
+    present = [split for split in splits if all(locate(directory, spec) for spec in dataset.files[split])]
+    if not present:
+        yield
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    keys = [(dataset.name, split, directory) for split in present]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cnnc-load-ahead") as executor:
+        for key, split in zip(keys, present):
+            _AHEAD[key] = executor.submit(_load, dataset, split, directory, download=False, progress=False,
+                                          mirror=None)
+        try:
+            yield
+        finally:
+            for key in keys:
+                future = _AHEAD.pop(key, None)
+                if future is not None:
+                    future.cancel()
 
 
 def resolve_directory(dataset: StandardDataset, data_dir: str | Path | None) -> Path:

@@ -14,5 +14,6 @@ Modules, in the order a run uses them:
     trainer      the loop: exact resume, Ctrl-C, non-finite losses, early stopping
     distributed  torchrun support
     reporting    progress bar, epoch lines, JSON events, metrics.jsonl, plots
+    plotter      the plots drawn by a helper process, alongside the run
     checkpoint   the checkpoint format
 """

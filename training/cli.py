@@ -1,11 +1,20 @@
 """`cnnc train`: train a spec into a run directory, or continue one with --resume.
 
-Imports only argparse at module level: `cnnc check` must not pay for torch (see cnnc/cli.py).
+Imports only argparse (and the standard library) at module level: `cnnc check` must not pay for torch
+(see cnnc/cli.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cnnc.training.plotter import Plots
+    from cnnc.training.settings import Overrides
 
 DEVICES = ("auto", "cpu", "cuda")
 # Flags that change what is trained: a resumed run keeps its own, so they may not be given with --resume
@@ -56,7 +65,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     mode = output.add_mutually_exclusive_group()
     mode.add_argument("--quiet", action="store_true", help="print only the final line")
     mode.add_argument("--json", action="store_true", help="one JSON object per event on stdout")
-    train.set_defaults(handler=run_train)
+    # A run writes and closes all its files before it returns: torch's teardown can be skipped (see cnnc/cli.py)
+    train.set_defaults(handler=run_train, exit_at_once=True)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -68,14 +78,55 @@ def run_train(args: argparse.Namespace) -> int:
         given = [f"--{name.replace('_', '-')}" for name in TRAINING_FLAGS if getattr(args, name) not in (None, False)]
         if given or args.out:
             raise UsageError(f"--resume continues a run with its own settings; drop {', '.join(given or ['--out'])}")
-    from cnnc.training.run import TrainRequest, train
     from cnnc.training.settings import Overrides
 
     overrides = Overrides(args.dataset, args.data, args.epochs, args.batch_size, args.lr, args.seed,
                           args.limit_train, args.limit_test)
-    mode = "json" if args.json else "quiet" if args.quiet else "text"
-    return train(TrainRequest(args.spec, args.resume, args.out, overrides, args.device or "auto", args.channels_last,
-                              args.compile, args.bf16, args.cuda_graphs, mode, args.download))
+    with _while_torch_imports(args.spec, overrides) as plots:
+        from cnnc.training.run import TrainRequest, train
+
+        mode = "json" if args.json else "quiet" if args.quiet else "text"
+        return train(TrainRequest(args.spec, args.resume, args.out, overrides, args.device or "auto",
+                                  args.channels_last, args.compile, args.bf16, args.cuda_graphs, mode, args.download),
+                     plots)
+
+
+@contextlib.contextmanager
+def _while_torch_imports(spec: str | None, overrides: Overrides) -> Iterator[Plots]:
+    """Start what needs no torch before torch is imported (two seconds of one core), so that it runs on
+    the other core meanwhile: the plot helper's import of matplotlib (rank 0 only: it draws the plots),
+    and the loading of a new run's data. Yields the run's Plots; ends the helper if the run did not."""
+    from cnnc.training.plotter import Plots
+
+    plots = Plots.start_helper() if os.environ.get("RANK", "0") == "0" else Plots()
+    try:
+        with _loading_data_ahead(spec, overrides):
+            yield plots
+    finally:
+        plots.close()
+
+
+def _loading_data_ahead(spec: str | None, overrides: Overrides) -> contextlib.AbstractContextManager:
+    """The spec's standard dataset loading on another thread (cnnc.datasets.standard.loading_ahead), when
+    the spec checks; the run checks it again, and reports what is wrong, as it would without this."""
+    from cnnc.compiler.check import check_file, spec_path
+    from cnnc.datasets.registry import STANDARD_DATASETS
+    from cnnc.datasets.standard import loading_ahead
+    from cnnc.errors import CnncError, UsageError
+    from cnnc.training.settings import effective_config
+
+    if spec is None:
+        return contextlib.nullcontext()
+    try:
+        result = check_file(spec_path(spec), check_dataset=overrides.dataset is None)
+    except (CnncError, UsageError):  # raised again by the run, after what it checks first (--device, say)
+        return contextlib.nullcontext()
+    if result.has_errors or result.program is None or result.program.train is None:
+        return contextlib.nullcontext()
+    dataset = effective_config(result.program.train, overrides).dataset
+    if dataset is None or dataset.name not in STANDARD_DATASETS:
+        return contextlib.nullcontext()
+    return loading_ahead(STANDARD_DATASETS[dataset.name], ("train", "test"), overrides.data)
 
 
 def _positive_int(text: str) -> int:

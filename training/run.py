@@ -23,7 +23,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
@@ -47,6 +47,7 @@ from cnnc.training.data import BatchPreparer, Normalization, Splits, TensorSplit
 from cnnc.training.distributed import World, gather, join_world, leave_world
 from cnnc.training.losses import CrossEntropy
 from cnnc.training.optim import LearningRateSchedule, build_optimizer
+from cnnc.training.plotter import Plots
 from cnnc.training.reporting import (
     CONFUSION_JSON,
     CONFUSION_PNG,
@@ -54,8 +55,6 @@ from cnnc.training.reporting import (
     METRICS,
     Console,
     MetricsLog,
-    write_confusion_matrix,
-    write_curves,
 )
 from cnnc.training.settings import Overrides, config_to_json, effective_config
 from cnnc.training.trainer import BestTracker, Interrupted, Trainer, sync_interval
@@ -96,17 +95,18 @@ class TrainRequest:
     download: bool = True               # fetch a standard dataset's missing files
 
 
-def train(request: TrainRequest) -> int:
-    """Run (or resume) a training run; the exit code."""
+def train(request: TrainRequest, plots: Plots | None = None) -> int:
+    """Run (or resume) a training run; the exit code. `plots` draws the plots (by default here, at the end)."""
     device_type, device_note = resolve_device(request.device)
     world = join_world(device_type)
     try:
-        return _run_session(request, device_type, device_note, world)
+        return _run_session(request, device_type, device_note, world, plots)
     finally:
         leave_world(world)
 
 
-def _run_session(request: TrainRequest, device_type: str, device_note: str | None, world: World) -> int:
+def _run_session(request: TrainRequest, device_type: str, device_note: str | None, world: World,
+                 plots: Plots | None) -> int:
     """The run itself, in its own frame: once it returns, nothing of the session (DistributedDataParallel
     holds the process group) outlives it, so that leave_world can free it before destroying the group."""
     console = Console(request.mode, enabled=world.is_main)
@@ -116,6 +116,8 @@ def _run_session(request: TrainRequest, device_type: str, device_note: str | Non
         session = _start(request, device_type, world, console)
     if session is None:
         return 0
+    if plots is not None:
+        session.plots = plots
     if device_note:
         console.note(device_note)
     return session.run()
@@ -308,6 +310,7 @@ class Session:
     trainer: Trainer
     started: float
     settings: dict[str, Any]  # settings.json, also stored in every checkpoint
+    plots: Plots = field(default_factory=Plots)
 
     @staticmethod
     def create(program: Program, overrides: Overrides, execution: Execution, world: World, console: Console,
@@ -408,6 +411,9 @@ class Session:
     def _finish(self, outcome: str) -> int:
         trainer = self.trainer
         model_epoch = trainer.restore_best_if_asked()
+        title = self.program.graph.name
+        if self.world.is_main and trainer.history:  # drawn (by the plot helper) while the test set is evaluated
+            self.plots.curves(trainer.history, self.run_dir / CURVES, title)
         test_loss, test_accuracy, matrix = trainer.evaluate(TensorSplit.of(self.splits.test, trainer.device),
                                                             confusion=True)
         record = {"test_loss": test_loss, "test_accuracy": test_accuracy, "test_examples": len(self.splits.test),
@@ -416,7 +422,8 @@ class Session:
         if self.world.is_main:
             assert trainer.metrics is not None and matrix is not None  # rank 0 logs; confusion=True
             trainer.metrics.append(record)
-            self._write_plots(matrix)
+            self.plots.confusion_matrix(matrix, self.splits.test.classes, self.run_dir, title)
+            self.plots.wait()
             final = {"finished": True, "test_accuracy": test_accuracy, "test_loss": test_loss}
             self._save(LAST, {**final, "training": training, "epoch": model_epoch})
             if model_epoch == trainer.best.best_epoch and (self.run_dir / BEST).exists():
@@ -428,13 +435,6 @@ class Session:
             f"{trainer.position.epoch} epochs ({outcome}, {seconds:.0f}s); run directory: {self.run_dir}",
             run_dir=str(self.run_dir), outcome=outcome, seconds=seconds, **record)
         return 0
-
-    def _write_plots(self, matrix: np.ndarray) -> None:
-        title = self.program.graph.name
-        history = self.trainer.history
-        if history:
-            write_curves(history, self.run_dir / CURVES, title)
-        write_confusion_matrix(matrix, self.splits.test.classes, self.run_dir, title)
 
     # --- files -----------------------------------------------------------------------------------
 

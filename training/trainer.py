@@ -406,7 +406,7 @@ class Trainer:
 
     # --- evaluation and checkpoints ------------------------------------------------------------------
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def evaluate(self, split: TensorSplit, confusion: bool = False) -> tuple[float, float, np.ndarray | None]:
         """(mean loss, accuracy, confusion matrix if asked) of the module in eval mode, over all processes."""
         model = self.evaluated_model()

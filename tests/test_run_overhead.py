@@ -1,0 +1,247 @@
+"""What a run does to cut its fixed cost: data loaded ahead (cnnc.datasets.standard.loading_ahead),
+plots drawn by a helper process (cnnc.training.plotter), test evaluation in inference mode, no
+interpreter teardown after `cnnc train` (cnnc.cli.program); that none of it changes what a run prints
+or writes; and the benchmark that times it all (bench/run_overhead.py, run here on a tiny run only to
+show that its timers still find what they time)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cnnc.cli import main
+from cnnc.compiler.check import check_file
+from cnnc.datasets import standard
+from cnnc.datasets.registry import MNIST
+from cnnc.errors import CnncError
+from cnnc.training import plotter, reporting
+from cnnc.training.distributed import World
+from cnnc.training.plotter import Plots
+from cnnc.training.reporting import Console
+from cnnc.training.run import Execution, Session
+from cnnc.training.settings import Overrides
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST_DIR = Path(os.environ["CNNC_DATA"]) / "mnist"
+
+HISTORY = [{"epoch": epoch, "train_loss": 1 / epoch, "train_accuracy": 0.9 + epoch / 100, "val_loss": None,
+            "val_accuracy": None, "lr": 0.01, "seconds": 1.0, "images_per_second": 100.0} for epoch in (1, 2, 3)]
+MATRIX = np.array([[50, 3, 0], [2, 40, 5], [0, 1, 60]], dtype=np.int64)
+CLASSES = ("cat", "dog", "bird")
+
+
+# --- data loaded ahead ---------------------------------------------------------------------------
+
+def test_a_split_loaded_ahead_is_taken_by_load_standard_without_reading_again(monkeypatch) -> None:
+    expected = standard.load_standard(MNIST, "test", MNIST_DIR, download=False, progress=False, mirror=None)
+    with standard.loading_ahead(MNIST, ["test"], MNIST_DIR):
+        key = ("mnist", "test", standard.resolve_directory(MNIST, MNIST_DIR))
+        standard._AHEAD[key].result()  # loaded on the other thread
+        monkeypatch.setattr(standard, "read_data_file", lambda *args: pytest.fail("read the files again"))
+        loaded = standard.load_standard(MNIST, "test", MNIST_DIR, download=False, progress=False, mirror=None)
+        assert key not in standard._AHEAD
+    assert np.array_equal(loaded.images, expected.images) and np.array_equal(loaded.labels, expected.labels)
+
+
+def test_a_split_that_fails_ahead_fails_again_where_it_is_loaded(tmp_path: Path) -> None:
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(b"\0\0\x08\x03" + b"\0" * 20)  # header only: truncated
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"\0\0\x08\x01\0\0\0\1\0")
+
+    def load():
+        return standard.load_standard(MNIST, "test", tmp_path, download=False, progress=False, mirror=None)
+
+    with pytest.raises(CnncError) as without:
+        load()
+    with standard.loading_ahead(MNIST, ["test"], tmp_path), pytest.raises(CnncError) as ahead:
+        load()
+    assert str(ahead.value) == str(without.value) and "t10k-images-idx3-ubyte" in str(ahead.value)
+
+
+def test_what_is_not_taken_is_dropped_and_missing_files_are_left_to_the_load(tmp_path: Path) -> None:
+    with standard.loading_ahead(MNIST, ["test"], MNIST_DIR):
+        assert len(standard._AHEAD) == 1
+    assert standard._AHEAD == {}
+    with standard.loading_ahead(MNIST, ["train", "test"], tmp_path):  # nothing there: nothing loaded ahead
+        assert standard._AHEAD == {}
+
+
+# --- plots drawn by the helper process -------------------------------------------------------------
+
+def _draw_all(plots: Plots, run_dir: Path) -> dict[str, bytes]:
+    run_dir.mkdir()
+    plots.curves(HISTORY, run_dir / reporting.CURVES, "model")
+    plots.confusion_matrix(MATRIX, CLASSES, run_dir, "model")
+    plots.wait()
+    return {path.name: path.read_bytes() for path in sorted(run_dir.iterdir())}
+
+
+def test_the_helper_draws_the_same_files_as_drawing_here(tmp_path: Path) -> None:
+    process = plotter.spawn_helper()
+    assert process is not None
+    by_helper = _draw_all(Plots(process), tmp_path / "helper")
+    assert process.returncode == 0  # it drew them: nothing was left to draw here
+    here = _draw_all(Plots(), tmp_path / "here")
+    assert set(here) == {reporting.CURVES, reporting.CONFUSION_PNG, reporting.CONFUSION_JSON}
+    assert by_helper == here
+    assert json.loads(here[reporting.CONFUSION_JSON])["matrix"] == MATRIX.tolist()
+
+
+def test_plots_of_a_helper_that_died_are_drawn_here(tmp_path: Path) -> None:
+    process = plotter.spawn_helper()
+    assert process is not None
+    process.kill()
+    process.wait()
+    files = _draw_all(Plots(process), tmp_path / "run")
+    assert set(files) == {reporting.CURVES, reporting.CONFUSION_PNG, reporting.CONFUSION_JSON}
+
+
+def test_a_plot_the_helper_cannot_write_raises_here_as_drawing_here_does(tmp_path: Path) -> None:
+    missing = tmp_path / "gone" / reporting.CURVES
+    plots = Plots(plotter.spawn_helper())
+    plots.curves(HISTORY, missing, "model")
+    with pytest.raises(FileNotFoundError) as helped:
+        plots.wait()
+    plots = Plots()
+    plots.curves(HISTORY, missing, "model")
+    with pytest.raises(FileNotFoundError) as here:
+        plots.wait()
+    assert str(helped.value) == str(here.value)
+
+
+def test_closing_ends_the_helper_without_drawing(tmp_path: Path) -> None:
+    process = plotter.spawn_helper()
+    assert process is not None
+    plots = Plots(process)
+    plots.close()
+    assert process.poll() is not None
+    plots.wait()  # nothing was asked for: nothing to draw
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_closing_after_plots_were_sent_lets_the_helper_finish_them(tmp_path: Path) -> None:
+    process = plotter.spawn_helper()
+    assert process is not None
+    plots = Plots(process)
+    plots.curves(HISTORY, tmp_path / reporting.CURVES, "model")
+    plots.close()  # the run failed after sending them: no half-written plot is left behind
+    assert process.returncode == 0
+    _draw_all(Plots(), tmp_path / "here")
+    assert (tmp_path / reporting.CURVES).read_bytes() == (tmp_path / "here" / reporting.CURVES).read_bytes()
+
+
+def test_a_helper_that_hangs_is_given_up_and_the_plots_are_drawn_here(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(plotter, "HELPER_COMMAND", [sys.executable, "-c", "import time; time.sleep(600)"])
+    monkeypatch.setattr(plotter, "HELPER_TIMEOUT", 1.0)
+    process = plotter.spawn_helper()
+    assert process is not None
+    files = _draw_all(Plots(process), tmp_path / "run")
+    assert process.returncode is not None  # ended, not left behind
+    assert set(files) == {reporting.CURVES, reporting.CONFUSION_PNG, reporting.CONFUSION_JSON}
+
+
+# --- what the overlaps must not change ---------------------------------------------------------------
+
+def test_a_missing_spec_is_still_reported_after_what_the_run_checks_first(tmp_path, monkeypatch, capsys) -> None:
+    # The spec is read before torch is imported (to load its data ahead); its errors are the run's to report.
+    monkeypatch.chdir(tmp_path)
+    code = main(["train", "missing.cnn", "--device", "cuda"])
+    error = capsys.readouterr().err
+    if torch.cuda.is_available():
+        assert code == 2 and "no such spec file: missing.cnn" in error
+    else:
+        assert code == 1 and "--device cuda: CUDA is not available" in error
+
+
+TINY_XO = """
+model m {
+    input glyph(1, 28, 28)
+    conv(4, kernel=3, stride=2, padding=same, activation=relu)
+    global_avgpool
+    dense(2)
+}
+train {
+    dataset xo
+    epochs 1
+    batch 64
+}
+"""
+
+
+def test_a_run_with_the_helper_leaves_the_files_a_run_without_it_does(tmp_path: Path, capsys) -> None:
+    spec = tmp_path / "m.cnn"
+    spec.write_text(TINY_XO)
+    flags = ["--limit-train", "128", "--limit-test", "32", "--json"]
+    # A fresh process starts the plot helper; this one, with matplotlib imported already, draws here.
+    helped = subprocess.run([sys.executable, "-m", "cnnc", "train", str(spec), *flags, "--out", "helped"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert helped.returncode == 0 and helped.stderr == "", helped.stderr
+    assert json.loads(helped.stdout.splitlines()[-1])["event"] == "done"  # all printed before the quick exit
+    import matplotlib.pyplot  # noqa: F401
+
+    assert main(["train", str(spec), *flags, "--out", str(tmp_path / "here")]) == 0
+    capsys.readouterr()
+
+    def files(run_dir: Path) -> list[str]:
+        return sorted(str(path.relative_to(run_dir)) for path in run_dir.rglob("*"))
+
+    assert files(tmp_path / "helped") == files(tmp_path / "here")
+    assert {reporting.CURVES, reporting.CONFUSION_PNG, reporting.CONFUSION_JSON} <= set(files(tmp_path / "here"))
+
+
+BATCH_NORM_LOOKAHEAD = """
+model m {
+    input glyph(1, 28, 28)
+    conv(4, kernel=3, stride=2, padding=same, bias=false) -> batchnorm -> relu
+    global_avgpool
+    dense(2)
+}
+train {
+    dataset xo
+    epochs 2
+    batch 32
+    validation 0.25
+    lookahead(k=2)
+}
+"""
+
+
+def test_evaluation_in_inference_mode_leaves_the_weights_trainable(tmp_path: Path) -> None:
+    # Tensors made under inference mode cannot be updated in place outside it: the batch-norm buffers
+    # (broadcast by share_buffers and DDP) and the averaged weights must stay ordinary tensors.
+    spec = tmp_path / "m.cnn"
+    spec.write_text(BATCH_NORM_LOOKAHEAD)
+    session = Session.create(check_file(spec).program, Overrides(limit_train=128, limit_test=16),
+                             Execution("cpu", channels_last=False, compile=False, bf16=False), World(),
+                             Console("quiet"), tmp_path / "run", str(spec))
+    trainer = session.trainer
+    assert trainer.average is not None
+    assert trainer._epoch(1)["val_accuracy"] is not None  # evaluated, under inference mode
+    modules = (trainer.model, trainer.average.module)
+    assert not [name for module in modules for name, tensor in module.state_dict().items() if tensor.is_inference()]
+    statistics = trainer.model.state_dict()["batchnorm1.running_mean"]
+    before = statistics.clone()
+    trainer._epoch(2)  # updates the statistics in place again, as DDP's broadcast of them does
+    assert not torch.equal(statistics, before)
+
+
+# --- the benchmark ---------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_the_overhead_benchmark_times_every_phase_of_a_tiny_run(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "run_overhead.py"), "--spec", "specs/xo.cnn",
+                             "--runs", "1", "--limit-train", "64", "--limit-test", "20",
+                             "--write", str(tmp_path / "report.md")],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    report = (tmp_path / "report.md").read_text()
+    for phase in ("import torch", "spec check", "model build", "training steps", "evaluation", "plot curves.png",
+                  "plot confusion_matrix.png/json", "checkpoint write", "whole process"):
+        assert f"| {phase}" in report or f"**{phase}" in report, phase
+    assert "wall / steps: median" in report
