@@ -241,8 +241,8 @@ def table(results: dict[str, dict[str, float]], accuracy: dict[str, dict[str, fl
         f"the same {images:,} images per side in alternating order (see the script's docstring). *cnnc* is "
         "cnnc's trainer in its default memory format, channels-last; *keras* is the same network in "
         "keras.Sequential, compiled and trained with `model.fit` on KERAS_BACKEND=torch, on the same torch. "
-        f"1-minute load average {load[0]:.1f} before, {load[1]:.1f} after: other jobs shared the two cores, which "
-        "is why the fastest round, not the median, is reported.",
+        f"1-minute load average {load[0]:.1f} before, {load[1]:.1f} after. The fastest round is reported, the "
+        "round least disturbed by anything else on the machine; the medians are beside it.",
         "",
         "| spec | cnnc (img/s) | keras (img/s) | cnnc / keras | median cnnc / keras | "
         + ("test accuracy after 1 epoch: cnnc / keras | " if accuracy else "") + "note |",
