@@ -39,6 +39,7 @@ from cnnc.compiler.ops.initializers import DIRAC, WHITEN
 from cnnc.compiler.passes import prune
 
 TRUNCATION_STD_CORRECTION = 0.87962566103423978
+DRAW_CHUNK = 1 << 20  # random values drawn at a time (see _drawn)
 
 
 def parameter_shapes(graph: Graph) -> dict[str, tuple[int, ...]]:
@@ -55,7 +56,7 @@ def initial_weights(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
     weights: dict[str, np.ndarray] = {}
     for name, param in node_parameters(graph):
         rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-        weights[name] = _initialize(param.init, param.shape, param.fans, rng).astype(np.float32)
+        weights[name] = _initialize(param.init, param.shape, param.fans, rng)
     return weights
 
 
@@ -71,17 +72,38 @@ def parameters_of(node: Node) -> tuple[Param, ...]:
     return OPS[node.op].arrays(node.attrs.as_dict(), node.shape)
 
 
+def _drawn(shape: tuple[int, ...], draw: Callable[[int], np.ndarray]) -> np.ndarray:
+    """A float32 array filled in C order by `draw(n)` (float64 values, n at a time, DRAW_CHUNK at most):
+    the values of one `draw(size)` cast to float32, without holding all of them in float64 at once
+    (VGG-16's first dense layer would take 0.8 GB, and most of the time, that way)."""
+    array = np.empty(shape, np.float32)
+    flat = array.reshape(-1)
+    for start in range(0, flat.size, DRAW_CHUNK):
+        stop = min(start + DRAW_CHUNK, flat.size)
+        flat[start:stop] = draw(stop - start)
+    return array
+
+
 def _truncated_normal(rng: np.random.Generator, shape: tuple[int, ...], mean: float, std: float) -> np.ndarray:
-    values = rng.standard_normal(shape)
-    outside = np.abs(values) > 2
-    while outside.any():
-        values[outside] = rng.standard_normal(int(outside.sum()))
-        outside = np.abs(values) > 2
-    return mean + std * values
+    """mean + std * a standard normal draw, its values beyond 2 redrawn (all at once, in C order) until
+    none is; drawn in chunks as `_drawn` is, with the same values."""
+    array = np.empty(shape, np.float32)
+    flat = array.reshape(-1)
+    beyond: list[np.ndarray] = []
+    for start in range(0, flat.size, DRAW_CHUNK):
+        values = rng.standard_normal(min(DRAW_CHUNK, flat.size - start))
+        flat[start:start + values.size] = mean + std * values
+        beyond.append(start + np.flatnonzero(np.abs(values) > 2))
+    positions = np.concatenate(beyond) if beyond else np.zeros(0, np.int64)
+    while positions.size:
+        values = rng.standard_normal(positions.size)
+        flat[positions] = mean + std * values
+        positions = positions[np.abs(values) > 2]
+    return array
 
 
 def _uniform(rng: np.random.Generator, shape: tuple[int, ...], limit: float) -> np.ndarray:
-    return rng.uniform(-limit, limit, shape)
+    return _drawn(shape, lambda count: rng.uniform(-limit, limit, count))
 
 
 def _dirac(init: Option, shape: tuple[int, ...], fans: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -105,12 +127,12 @@ _SCHEMES: dict[str, Callable[[Option, tuple[int, ...], tuple[int, int], np.rando
     "lecun_uniform": lambda o, s, f, r: _uniform(r, s, math.sqrt(3 / f[0])),
     "lecun_normal": lambda o, s, f, r: _truncated_normal(
         r, s, 0.0, math.sqrt(1 / f[0]) / TRUNCATION_STD_CORRECTION),
-    "normal": lambda o, s, f, r: o["mean"] + o["std"] * r.standard_normal(s),
+    "normal": lambda o, s, f, r: _drawn(s, lambda count: o["mean"] + o["std"] * r.standard_normal(count)),
     "truncated_normal": lambda o, s, f, r: _truncated_normal(r, s, o["mean"], o["std"]),
     "uniform": lambda o, s, f, r: _uniform(r, s, o["limit"]),
-    "constant": lambda o, s, f, r: np.full(s, o["value"]),
-    "zeros": lambda o, s, f, r: np.zeros(s),
-    "ones": lambda o, s, f, r: np.ones(s),
+    "constant": lambda o, s, f, r: np.full(s, o["value"], np.float32),
+    "zeros": lambda o, s, f, r: np.zeros(s, np.float32),
+    "ones": lambda o, s, f, r: np.ones(s, np.float32),
     "torch_default": lambda o, s, f, r: _uniform(r, s, 1 / math.sqrt(f[0])),
     DIRAC: _dirac,
     WHITEN: lambda o, s, f, r: _initialize(o["rest"], s, f, r),
@@ -118,6 +140,7 @@ _SCHEMES: dict[str, Callable[[Option, tuple[int, ...], tuple[int, int], np.rando
 
 
 def _initialize(init: Option, shape: tuple[int, ...], fans: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A float32 array; each scheme draws in float64 and rounds once (see _drawn)."""
     return _SCHEMES[init.name](init, shape, fans, rng)
 
 
