@@ -16,6 +16,7 @@ from test_train_cli import RESUMABLE, RESUMABLE_FLAGS, SMALL_XO, XO_SPEC, weight
 
 from cnnc.cli import main
 from cnnc.training.distributed import World
+from cnnc.training.plotter import Plots
 from cnnc.training.reporting import Console
 from cnnc.training.run import TrainRequest, _start
 from cnnc.training.settings import Overrides
@@ -114,7 +115,7 @@ def test_the_data_lives_on_the_device_in_the_asked_memory_format(channels_last: 
     assert batch.is_cuda and batch.is_contiguous(memory_format=memory_format)
     kernels = [p for p in trainer.model.parameters() if p.dim() == 4]
     assert kernels and all(p.is_contiguous(memory_format=memory_format) for p in kernels)
-    assert session.run() == 0
+    assert session.run(Plots()) == 0
 
 
 def test_compile_and_cuda_graphs_train_as_eager_does(tmp_path, capsys) -> None:

@@ -23,7 +23,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
@@ -116,11 +116,9 @@ def _run_session(request: TrainRequest, device_type: str, device_note: str | Non
         session = _start(request, device_type, world, console)
     if session is None:
         return 0
-    if plots is not None:
-        session.plots = plots
     if device_note:
         console.note(device_note)
-    return session.run()
+    return session.run(plots or Plots())
 
 
 def resolve_device(choice: str) -> tuple[str, str | None]:
@@ -310,7 +308,6 @@ class Session:
     trainer: Trainer
     started: float
     settings: dict[str, Any]  # settings.json, also stored in every checkpoint
-    plots: Plots = field(default_factory=Plots)
 
     @staticmethod
     def create(program: Program, overrides: Overrides, execution: Execution, world: World, console: Console,
@@ -376,11 +373,12 @@ class Session:
 
     # --- running ------------------------------------------------------------------------------------
 
-    def run(self) -> int:
+    def run(self, plots: Plots) -> int:
+        """Train, test and plot (with `plots`); the exit code."""
         self._announce()
         try:
             outcome = self.trainer.fit()
-            return self._finish(outcome)
+            return self._finish(outcome, plots)
         except OSError as error:  # the run directory deleted, its filesystem full or remounted read-only
             kept = f"; the last good checkpoint is {self.run_dir / LAST}" if (self.run_dir / LAST).exists() else ""
             raise CnncError(f"cannot write to the run directory {self.run_dir}: "
@@ -408,12 +406,12 @@ class Session:
             epochs=config.epochs, steps_per_epoch=self.trainer.schedule.steps_per_epoch,
         )
 
-    def _finish(self, outcome: str) -> int:
+    def _finish(self, outcome: str, plots: Plots) -> int:
         trainer = self.trainer
         model_epoch = trainer.restore_best_if_asked()
         title = self.program.graph.name
         if self.world.is_main and trainer.history:  # drawn (by the plot helper) while the test set is evaluated
-            self.plots.curves(trainer.history, self.run_dir / CURVES, title)
+            plots.curves(trainer.history, self.run_dir / CURVES, title)
         test_loss, test_accuracy, matrix = trainer.evaluate(TensorSplit.of(self.splits.test, trainer.device),
                                                             confusion=True)
         record = {"test_loss": test_loss, "test_accuracy": test_accuracy, "test_examples": len(self.splits.test),
@@ -422,8 +420,8 @@ class Session:
         if self.world.is_main:
             assert trainer.metrics is not None and matrix is not None  # rank 0 logs; confusion=True
             trainer.metrics.append(record)
-            self.plots.confusion_matrix(matrix, self.splits.test.classes, self.run_dir, title)
-            self.plots.wait()
+            plots.confusion_matrix(matrix, self.splits.test.classes, self.run_dir, title)
+            plots.wait()
             final = {"finished": True, "test_accuracy": test_accuracy, "test_loss": test_loss}
             self._save(LAST, {**final, "training": training, "epoch": model_epoch})
             if model_epoch == trainer.best.best_epoch and (self.run_dir / BEST).exists():
