@@ -1,4 +1,4 @@
-"""The training stage's parts: schedules, RMSProp, the loss, augmentation, batch order, early
+"""The training stage's parts: schedules, the optimizers, the loss, augmentation, batch order, early
 stopping and checkpoint files."""
 
 from __future__ import annotations
@@ -6,6 +6,9 @@ from __future__ import annotations
 import math
 import pickle
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,8 +20,10 @@ from cnnc.training.augment import Augmenter
 from cnnc.training.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_checkpoint
 from cnnc.training.data import epoch_order, shard
 from cnnc.training.losses import CrossEntropy
-from cnnc.training.optim import LearningRateSchedule, RMSProp
+from cnnc.training.optim import SGD, Adam, LearningRateSchedule, RMSProp, set_learning_rate
 from cnnc.training.trainer import BestTracker
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # --- learning-rate schedules ------------------------------------------------------------------------
 
@@ -86,6 +91,105 @@ def test_rmsprop_puts_epsilon_inside_the_root_as_tensorflow_1() -> None:
         buffer = 0.5 * buffer + 0.01 * grad / torch.sqrt(square_avg + 1.0)
         param = param - buffer
     torch.testing.assert_close(ours, param.float())
+
+
+# --- SGD and Adam: torch.optim's updates without torch.optim ---------------------------------------------
+
+def model_parameters() -> list[torch.nn.Parameter]:
+    """A conv weight in channels-last, a dense weight, a bias and a norm scale, seeded."""
+    torch.manual_seed(0)
+    return [torch.nn.Parameter(torch.randn(4, 3, 3, 3).to(memory_format=torch.channels_last)),
+            torch.nn.Parameter(torch.randn(5, 7)), torch.nn.Parameter(torch.randn(5)),
+            torch.nn.Parameter(torch.rand(4) + 0.5)]
+
+
+def groups_of(params: list[torch.nn.Parameter]) -> list[dict]:
+    """Two groups, as norm_bias_decay=false and bias_lr make them."""
+    return [{"params": params[:2]}, {"params": params[2:], "weight_decay": 0.0, "lr_multiplier": 4.0}]
+
+
+def train_steps(optimizer, params: list[torch.nn.Parameter], steps: range) -> None:
+    """Steps with a changing rate (as a schedule sets it) and gradients that depend on the weights."""
+    for step in steps:
+        set_learning_rate(optimizer, 0.05 / (1 + step))
+        optimizer.zero_grad(set_to_none=True)
+        loss = sum(((param - 0.1 * step) ** 2 * torch.linspace(0.5, 2.0, param.numel()).view_as(param)).sum()
+                   for param in params)
+        loss.backward()
+        optimizer.step()
+
+
+OPTIMIZER_PAIRS = {
+    "sgd": (lambda g: SGD(g, lr=0.1, momentum=0.9, weight_decay=0.01),
+            lambda g: torch.optim.SGD(g, lr=0.1, momentum=0.9, weight_decay=0.01)),
+    "sgd-nesterov": (lambda g: SGD(g, lr=0.1, momentum=0.85, nesterov=True, weight_decay=5e-4),
+                     lambda g: torch.optim.SGD(g, lr=0.1, momentum=0.85, nesterov=True, weight_decay=5e-4)),
+    "sgd-plain": (lambda g: SGD(g, lr=0.1), lambda g: torch.optim.SGD(g, lr=0.1)),
+    "adam": (lambda g: Adam(g, lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.01),
+             lambda g: torch.optim.Adam(g, lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.01)),
+    "adamw": (lambda g: Adam(g, lr=0.01, weight_decay=0.05, decoupled_weight_decay=True),
+              lambda g: torch.optim.AdamW(g, lr=0.01, weight_decay=0.05)),
+}
+
+
+@pytest.mark.parametrize("name", OPTIMIZER_PAIRS)
+def test_sgd_and_adam_give_torch_optims_weights_to_the_bit(name: str) -> None:
+    ours, theirs = OPTIMIZER_PAIRS[name]
+    mine, reference = model_parameters(), model_parameters()
+    train_steps(ours(groups_of(mine)), mine, range(6))
+    train_steps(theirs(groups_of(reference)), reference, range(6))
+    for param, expected in zip(mine, reference):
+        assert torch.equal(param, expected)
+    assert mine[0].is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("name", OPTIMIZER_PAIRS)
+def test_a_torch_optim_state_continues_in_ours_and_ours_in_torch_optim(name: str) -> None:
+    """The state_dict layout is torch.optim's: checkpoints written before cnnc had its own optimizers
+    resume, to the bit."""
+    ours, theirs = OPTIMIZER_PAIRS[name]
+    straight = model_parameters()
+    train_steps(theirs(groups_of(straight)), straight, range(8))
+    for first, then in ((theirs, ours), (ours, theirs)):
+        params = model_parameters()
+        before = first(groups_of(params))
+        train_steps(before, params, range(4))
+        saved = pickle.loads(pickle.dumps(before.state_dict()))
+        continued = [torch.nn.Parameter(param.detach().clone()) for param in params]
+        after = then(groups_of(continued))
+        after.load_state_dict(saved)
+        train_steps(after, continued, range(4, 8))
+        for param, expected in zip(continued, straight):
+            assert torch.equal(param, expected), (first, then)
+
+
+def test_an_optimizer_state_that_does_not_fit_the_parameters_is_refused() -> None:
+    params = model_parameters()
+    optimizer = SGD(groups_of(params), lr=0.1, momentum=0.9)
+    train_steps(optimizer, params, range(2))
+    state = optimizer.state_dict()
+    fresh = SGD(groups_of(model_parameters()), lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="parameter groups"):
+        fresh.load_state_dict({**state, "param_groups": state["param_groups"][:1]})
+    swapped = {**state, "state": {0: state["state"][1], 1: state["state"][0], 2: state["state"][2],
+                                  3: state["state"][3]}}
+    with pytest.raises(ValueError, match=r"momentum_buffer has shape \(5, 7\), its parameter \(4, 3, 3, 3\)"):
+        fresh.load_state_dict(swapped)
+
+
+def test_no_optimizer_imports_torch_dynamo() -> None:
+    """torch.optim.Optimizer's constructor imports torch._dynamo (1.6-2 s); cnnc's optimizers must not."""
+    code = ("import sys\n"
+            "from tests.test_train_units import OPTIMIZER_PAIRS, groups_of, model_parameters, train_steps\n"
+            "from cnnc.training.optim import RMSProp\n"
+            "makers = [ours for ours, _ in OPTIMIZER_PAIRS.values()] + [lambda g: RMSProp(g, lr=0.01, momentum=0.5)]\n"
+            "for make in makers:\n"
+            "    params = model_parameters(); optimizer = make(groups_of(params))\n"
+            "    train_steps(optimizer, params, range(2)); optimizer.load_state_dict(optimizer.state_dict())\n"
+            "print('torch._dynamo' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
 
 
 # --- the loss ------------------------------------------------------------------------------------------

@@ -1,10 +1,14 @@
 """Optimizers and learning-rate schedules of the train section.
 
-Optimizers:
-    sgd       torch.optim.SGD: momentum, nesterov, weight_decay (L2 added to the gradient)
-    rmsprop   RMSProp below: Keras's update, TF 1's epsilon placement on request, centered
-    adam      torch.optim.Adam (weight_decay as L2)
-    adamw     torch.optim.AdamW (decoupled weight decay)
+Optimizers (the classes below; none derives from torch.optim.Optimizer, whose constructor imports
+torch._dynamo: 1.6-2 s of every run's start, for a compiler that only --compile uses):
+    sgd       SGD: torch.optim.SGD's update: momentum, nesterov, weight_decay (L2 added to the gradient)
+    rmsprop   RMSProp: Keras's update, TF 1's epsilon placement on request, centered
+    adam      Adam: torch.optim.Adam's update (weight_decay as L2)
+    adamw     Adam(decoupled_weight_decay=True): torch.optim.AdamW's update (decoupled weight decay)
+SGD and Adam do what torch.optim's multi-tensor implementations do, operation for operation (the
+same bits as torch.optim on the CPU and its default on CUDA; tests/test_train_units.py compares), and
+their state_dict has torch.optim's layout, so checkpoints written with torch.optim resume unchanged.
 Each also takes norm_bias_decay (false: weight_decay skips the parameters whose role, declared by
 their op as compiler.ops.core.Param.role, is "bias" or "norm") and bias_lr (the rate of the
 "bias" parameters, norm shifts included, is lr * bias_lr at every step, whatever the schedule).
@@ -27,39 +31,40 @@ has `steps_per_epoch`; `lr` is the optimizer's rate):
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import ParamsT
 
 from cnnc.compiler.arguments import Option
 
 ONECYCLE_FINAL_DIVISOR = 1e4
 
 
+Tensors = list[Tensor] | tuple[Tensor, ...]  # what torch._foreach_* take
+Params = Iterable[Tensor] | Iterable[dict[str, Any]]  # the parameters, or groups of them with their own settings
 LR_MULTIPLIER = "lr_multiplier"  # a parameter group's rate is the schedule's times this (default 1)
 
 
 def build_optimizer(named_parameters: Iterable[tuple[str, Tensor]], roles: Mapping[str, str],
-                    option: Option) -> torch.optim.Optimizer:
+                    option: Option) -> Optimizer:
     """The optimizer of the trainable parameters; `roles` maps each parameter's name to its role."""
     params = parameter_groups(named_parameters, roles, option)
     lr, weight_decay = option["lr"], option.get("weight_decay", 0.0)
     if option.name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=option["momentum"], nesterov=option["nesterov"],
-                               weight_decay=weight_decay)
+        return SGD(params, lr=lr, momentum=option["momentum"], nesterov=option["nesterov"], weight_decay=weight_decay)
     if option.name == "rmsprop":
         return RMSProp(params, lr=lr, rho=option["rho"], momentum=option["momentum"], eps=option["eps"],
                        eps_inside_sqrt=option["eps_inside_sqrt"], centered=option["centered"],
                        weight_decay=weight_decay)
     betas = (option["beta1"], option["beta2"])
-    if option.name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=betas, eps=option["eps"], weight_decay=weight_decay)
-    if option.name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=betas, eps=option["eps"], weight_decay=weight_decay)
+    if option.name in ("adam", "adamw"):
+        return Adam(params, lr=lr, betas=betas, eps=option["eps"], weight_decay=weight_decay,
+                    decoupled_weight_decay=option.name == "adamw")
     raise ValueError(f"unknown optimizer {option.name}")  # the checker allows no other
 
 
@@ -80,7 +85,145 @@ def parameter_groups(named_parameters: Iterable[tuple[str, Tensor]], roles: Mapp
             for (decays, is_bias), params in groups.items()]
 
 
-class RMSProp(torch.optim.Optimizer):
+class Optimizer:
+    """What the trainer needs of an optimizer: param_groups (a list of dicts with "params" and the
+    settings, "lr" set before every step), per-parameter state, zero_grad, step, and a state_dict in
+    torch.optim's layout: {"state": {index: {...}}, "param_groups": [{settings, "params": [index, ...]}]},
+    parameters numbered in group order."""
+
+    def __init__(self, params: Params, defaults: dict[str, Any]) -> None:
+        listed: list[Any] = list(params)
+        groups = listed if listed and isinstance(listed[0], dict) else [{"params": listed}]
+        self.defaults = defaults
+        self.param_groups = [{**defaults, **group, "params": list(group["params"])} for group in groups]
+        self.state: dict[Tensor, dict[str, Any]] = {}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for group in self.param_groups:
+            for param in group["params"]:
+                if set_to_none:
+                    param.grad = None
+                elif param.grad is not None:
+                    param.grad.detach_().zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for group in self.param_groups:
+            params = [param for param in group["params"] if param.grad is not None]
+            grads = [param.grad for param in group["params"] if param.grad is not None]
+            if params:
+                self._update(group, params, grads, [self.state.setdefault(param, {}) for param in params])
+
+    def _update(self, group: dict[str, Any], params: list[Tensor], grads: Tensors,
+                states: list[dict[str, Any]]) -> None:
+        """One step of the parameters that have gradients, with their state (empty at first)."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        index = {id(param): number for number, param in enumerate(self._params())}
+        return {"state": {index[id(param)]: state for param, state in self.state.items()},
+                "param_groups": [{**{key: value for key, value in group.items() if key != "params"},
+                                  "params": [index[id(param)] for param in group["params"]]}
+                                 for group in self.param_groups]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Raises ValueError (or KeyError, TypeError) when the state does not fit these parameters."""
+        groups = state_dict["param_groups"]
+        if [len(group["params"]) for group in groups] != [len(group["params"]) for group in self.param_groups]:
+            raise ValueError("the optimizer state's parameter groups do not match the model's")
+        params = self._params()
+        state: dict[Tensor, dict[str, Any]] = {}
+        for number, saved in state_dict["state"].items():
+            param = params[number]
+            state[param] = {key: _placed(key, value, param) for key, value in saved.items()}
+        for group, saved_group in zip(self.param_groups, groups):
+            group.update({key: copy.deepcopy(value) for key, value in saved_group.items() if key != "params"})
+        self.state = state
+
+    def _params(self) -> list[Tensor]:
+        return [param for group in self.param_groups for param in group["params"]]
+
+
+def _placed(key: str, value: Any, param: Tensor) -> Any:
+    """A saved state entry on its parameter's device and dtype; Adam's step count stays a CPU float."""
+    if not isinstance(value, Tensor) or key == "step":
+        return value.clone() if isinstance(value, Tensor) else value
+    if value.shape != param.shape:
+        raise ValueError(f"the optimizer state's {key} has shape {tuple(value.shape)}, its parameter "
+                         f"{tuple(param.shape)}")
+    return value.to(device=param.device, dtype=param.dtype, copy=True)
+
+
+class SGD(Optimizer):
+    """torch.optim.SGD (dampening 0): g += weight_decay * p;  b = g at the first step, then
+    b = momentum * b + g;  p -= lr * (g + momentum * b with nesterov, else b)."""
+
+    def __init__(self, params: Params, *, lr: float, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0) -> None:
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=0.0, nesterov=nesterov,
+                                      weight_decay=weight_decay))
+
+    def _update(self, group: dict[str, Any], params: list[Tensor], grads: Tensors,
+                states: list[dict[str, Any]]) -> None:
+        if group["weight_decay"]:
+            grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+        momentum = group["momentum"]
+        if momentum:
+            if all("momentum_buffer" in state for state in states):
+                buffers = [state["momentum_buffer"] for state in states]
+                torch._foreach_mul_(buffers, momentum)
+                torch._foreach_add_(buffers, grads, alpha=1 - group["dampening"])
+            else:
+                buffers = []
+                for grad, state in zip(grads, states):
+                    if "momentum_buffer" in state:
+                        state["momentum_buffer"].mul_(momentum).add_(grad, alpha=1 - group["dampening"])
+                    else:
+                        state["momentum_buffer"] = grad.detach().clone()
+                    buffers.append(state["momentum_buffer"])
+            grads = torch._foreach_add(grads, buffers, alpha=momentum) if group["nesterov"] else buffers
+        torch._foreach_add_(params, grads, alpha=-group["lr"])
+
+
+class Adam(Optimizer):
+    """torch.optim.Adam, or AdamW with decoupled_weight_decay: at step t (counting from 1),
+        p *= 1 - lr * weight_decay (decoupled)  or  g += weight_decay * p
+        m = lerp(m, g, 1 - beta1);  v = beta2 * v + (1 - beta2) * g^2
+        p += -(lr / (1 - beta1^t)) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)"""
+
+    def __init__(self, params: Params, *, lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, decoupled_weight_decay: bool = False) -> None:
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=False,
+                                      decoupled_weight_decay=decoupled_weight_decay))
+
+    def _update(self, group: dict[str, Any], params: list[Tensor], grads: Tensors,
+                states: list[dict[str, Any]]) -> None:
+        for param, state in zip(params, states):
+            if not state:
+                state["step"] = torch.tensor(0.0)
+                state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        steps = [state["step"] for state in states]
+        averages, squares = [state["exp_avg"] for state in states], [state["exp_avg_sq"] for state in states]
+        (beta1, beta2), lr, weight_decay = group["betas"], group["lr"], group["weight_decay"]
+        torch._foreach_add_(steps, 1)
+        if weight_decay:
+            if group["decoupled_weight_decay"]:
+                torch._foreach_mul_(params, 1 - lr * weight_decay)
+            else:
+                grads = torch._foreach_add(grads, params, alpha=weight_decay)
+        torch._foreach_lerp_(averages, grads, 1 - beta1)
+        torch._foreach_mul_(squares, beta2)
+        torch._foreach_addcmul_(squares, grads, grads, 1 - beta2)
+        counts = [step.item() for step in steps]
+        step_sizes = [(lr / (1 - beta1 ** count)) * -1 for count in counts]
+        denominators = torch._foreach_sqrt(squares)
+        torch._foreach_div_(denominators, [(1 - beta2 ** count) ** 0.5 for count in counts])
+        torch._foreach_add_(denominators, group["eps"])
+        torch._foreach_addcdiv_(params, averages, denominators, step_sizes)
+
+
+class RMSProp(Optimizer):
     """RMSProp as Keras and TensorFlow define it (PyTorch's differs in where epsilon goes):
 
         ms  = rho * ms + (1 - rho) * g^2                       (ms starts at 0)
@@ -89,48 +232,39 @@ class RMSProp(torch.optim.Optimizer):
         mom = momentum * mom + lr * g / den;  p -= mom         (with momentum; else p -= lr * g / den)
     """
 
-    def __init__(self, params: ParamsT, *, lr: float, rho: float = 0.9, momentum: float = 0.0,
+    def __init__(self, params: Params, *, lr: float, rho: float = 0.9, momentum: float = 0.0,
                  eps: float = 1e-7, eps_inside_sqrt: bool = False, centered: bool = False,
                  weight_decay: float = 0.0) -> None:
         defaults = dict(lr=lr, rho=rho, momentum=momentum, eps=eps, eps_inside_sqrt=eps_inside_sqrt,
                         centered=centered, weight_decay=weight_decay)
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure=None):  # noqa: ANN001 - torch's signature
-        for group in self.param_groups:
-            for param in group["params"]:
-                if param.grad is not None:
-                    self._update(param, group)
-        return None
-
-    def _update(self, param: Tensor, group: dict) -> None:
-        grad = param.grad
-        assert grad is not None  # the caller skips parameters without one
-        if group["weight_decay"]:
-            grad = grad.add(param, alpha=group["weight_decay"])
-        state = self.state[param]
-        if not state:
-            state["square_avg"] = torch.zeros_like(param)
+    def _update(self, group: dict[str, Any], params: list[Tensor], grads: Tensors,
+                states: list[dict[str, Any]]) -> None:
+        for param, grad, state in zip(params, grads, states):
+            if group["weight_decay"]:
+                grad = grad.add(param, alpha=group["weight_decay"])
+            if not state:
+                state["square_avg"] = torch.zeros_like(param)
+                if group["centered"]:
+                    state["grad_avg"] = torch.zeros_like(param)
+                if group["momentum"]:
+                    state["momentum_buffer"] = torch.zeros_like(param)
+            rho = group["rho"]
+            variance = state["square_avg"].mul_(rho).addcmul_(grad, grad, value=1 - rho)
             if group["centered"]:
-                state["grad_avg"] = torch.zeros_like(param)
+                mean = state["grad_avg"].mul_(rho).add_(grad, alpha=1 - rho)
+                variance = variance.addcmul(mean, mean, value=-1)
+            if group["eps_inside_sqrt"]:
+                denominator = variance.add(group["eps"]).sqrt_()
+            else:
+                denominator = variance.sqrt().add_(group["eps"])
             if group["momentum"]:
-                state["momentum_buffer"] = torch.zeros_like(param)
-        rho = group["rho"]
-        variance = state["square_avg"].mul_(rho).addcmul_(grad, grad, value=1 - rho)
-        if group["centered"]:
-            mean = state["grad_avg"].mul_(rho).add_(grad, alpha=1 - rho)
-            variance = variance.addcmul(mean, mean, value=-1)
-        if group["eps_inside_sqrt"]:
-            denominator = variance.add(group["eps"]).sqrt_()
-        else:
-            denominator = variance.sqrt().add_(group["eps"])
-        if group["momentum"]:
-            buffer = state["momentum_buffer"].mul_(group["momentum"])
-            buffer.addcdiv_(grad, denominator, value=group["lr"])
-            param.sub_(buffer)
-        else:
-            param.addcdiv_(grad, denominator, value=-group["lr"])
+                buffer = state["momentum_buffer"].mul_(group["momentum"])
+                buffer.addcdiv_(grad, denominator, value=group["lr"])
+                param.sub_(buffer)
+            else:
+                param.addcdiv_(grad, denominator, value=-group["lr"])
 
 
 @dataclass(frozen=True)
@@ -180,7 +314,7 @@ def _cosine(start: float, end: float, t: float) -> float:
     return end + (start - end) * (1 + math.cos(math.pi * t)) / 2
 
 
-def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+def set_learning_rate(optimizer: Optimizer, lr: float) -> None:
     """The schedule's rate, times each group's multiplier."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get(LR_MULTIPLIER, 1.0)

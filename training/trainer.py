@@ -43,7 +43,7 @@ from cnnc.training.averaging import WeightAverage
 from cnnc.training.data import BatchPreparer, TensorSplit, batches, epoch_order, shard
 from cnnc.training.distributed import World, gather, max_over_processes, share_buffers, sum_over_processes
 from cnnc.training.losses import CrossEntropy, correct
-from cnnc.training.optim import LearningRateSchedule, set_learning_rate
+from cnnc.training.optim import LearningRateSchedule, Optimizer, set_learning_rate
 from cnnc.training.reporting import Bar, Console, MetricsLog, epoch_line
 
 # Images per forward pass in evaluation. On a CPU a batch whose activations stay in the caches is the
@@ -245,7 +245,7 @@ def _injected_fault() -> tuple[signal.Signals, int] | None:
 class Trainer:
     model: CnncModule              # the module itself: evaluated, checkpointed
     train_model: nn.Module         # what training calls: the module, maybe wrapped in DDP and compiled
-    optimizer: torch.optim.Optimizer
+    optimizer: Optimizer
     schedule: LearningRateSchedule
     loss: CrossEntropy
     preparer: BatchPreparer
