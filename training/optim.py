@@ -6,9 +6,9 @@ torch._dynamo: 1.6-2 s of every run's start, for a compiler that only --compile 
     rmsprop   RMSProp: Keras's update, TF 1's epsilon placement on request, centered
     adam      Adam: torch.optim.Adam's update (weight_decay as L2)
     adamw     Adam(decoupled_weight_decay=True): torch.optim.AdamW's update (decoupled weight decay)
-SGD and Adam do what torch.optim's multi-tensor implementations do, operation for operation (the
-same bits as torch.optim on the CPU and its default on CUDA; tests/test_train_units.py compares), and
-their state_dict has torch.optim's layout, so checkpoints written with torch.optim resume unchanged.
+SGD and Adam do what torch.optim's multi-tensor implementations (its default on CUDA) do, operation
+for operation, which on the CPU gives torch.optim's weights to the bit (tests/test_train_units.py
+compares); their state_dict has torch.optim's layout, so checkpoints written with torch.optim resume.
 Each also takes norm_bias_decay (false: weight_decay skips the parameters whose role, declared by
 their op as compiler.ops.core.Param.role, is "bias" or "norm") and bias_lr (the rate of the
 "bias" parameters, norm shifts included, is lr * bias_lr at every step, whatever the schedule).
@@ -193,7 +193,7 @@ class Adam(Optimizer):
 
     def __init__(self, params: Params, *, lr: float, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, decoupled_weight_decay: bool = False) -> None:
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=False,
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       decoupled_weight_decay=decoupled_weight_decay))
 
     def _update(self, group: dict[str, Any], params: list[Tensor], grads: Tensors,
