@@ -8,9 +8,7 @@ settings still verifies.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import NamedTuple
 from cnnc.errors import CnncError
 
 GZIP_SUFFIX = ".gz"
+GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib's inflate of the gzip format: header, data, CRC-32 and size checked
 _REPLACE_ADVICE = ("The file is corrupt or not the canonical one: delete it and fetch it again "
                    "(cnnc train fetches missing files).")
 
@@ -93,19 +92,29 @@ def read_bytes(path: Path, limit: int | None = None, spec: DataFile | None = Non
 
 
 def gunzip(path: Path, compressed: bytes, limit: int) -> bytes:
-    """The decompressed content, read no further than `limit` + 1 bytes."""
+    """The decompressed content (of every gzip member, as gzip reads them), read no further than
+    `limit` + 1 bytes. One zlib call per member, which releases the GIL for all of it: a thread that
+    loads data while another imports torch does not queue for the GIL between chunks, as reading
+    through gzip.GzipFile, chunk by chunk, does."""
+    parts: list[bytes] = []
+    size, rest = 0, compressed
     try:
-        with gzip.GzipFile(fileobj=io.BytesIO(compressed)) as stream:
-            data = stream.read(limit + 1)
-    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+        while rest and size <= limit:
+            inflater = zlib.decompressobj(wbits=GZIP_WBITS)
+            parts.append(inflater.decompress(rest, limit + 1 - size))
+            size += len(parts[-1])
+            if not inflater.eof and size <= limit:
+                raise EOFError("compressed file ended before the end-of-stream marker was reached")
+            rest = inflater.unused_data.lstrip(b"\0")  # gzip's own reader also skips zeros after a member
+    except (EOFError, zlib.error) as error:
         raise CnncError(
             f"{path} is not a complete gzip file ({error}); it is probably truncated or corrupt: "
             "delete it and download it again"
         ) from None
-    if len(data) > limit:
+    if size > limit:
         raise CnncError(f"{path} decompresses to more than the {limit:,} bytes of the file it should hold; "
                         f"decompression stopped there. {_REPLACE_ADVICE}")
-    return data
+    return b"".join(parts)
 
 
 def checksum_problem(raw: RawFile, stored: bytes, spec: DataFile, dataset: str) -> str | None:

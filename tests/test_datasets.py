@@ -152,6 +152,30 @@ def test_truncated_gzip_stream_names_the_file(tmp_path: Path) -> None:
         load_dataset("mnist", "test", tmp_path)
 
 
+def test_a_gzip_file_of_several_members_reads_as_gzip_reads_it(tmp_path: Path) -> None:
+    raw = _raw(MNIST_DIR / "t10k-labels-idx1-ubyte.gz")
+    directory = _write_mnist_test(tmp_path)
+    (directory / "t10k-labels-idx1-ubyte").unlink()
+    members = gzip.compress(raw[:1000]) + gzip.compress(raw[1000:]) + bytes(8)  # zeros after a member: skipped
+    assert gzip.decompress(members) == raw
+    (directory / "t10k-labels-idx1-ubyte.gz").write_bytes(members)
+    assert np.bincount(load_dataset("mnist", "test", directory).labels).tolist() == MNIST_TEST_HISTOGRAM
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda data: data[:-8] + bytes(4) + data[-4:], "incorrect data check"),    # the CRC-32 of the content
+    (lambda data: data[:-4] + b"\xff\xff\xff\xff", "incorrect length check"),  # the content's size
+    (lambda data: data + b"not gzip", "incorrect header check"),              # something after the last member
+], ids=["crc", "size", "trailing-bytes"])
+def test_a_damaged_gzip_file_is_refused_with_what_zlib_found(tmp_path: Path, damage, reason: str) -> None:
+    directory = _write_mnist_test(tmp_path)
+    (directory / "t10k-labels-idx1-ubyte").unlink()
+    canonical = (MNIST_DIR / "t10k-labels-idx1-ubyte.gz").read_bytes()
+    (directory / "t10k-labels-idx1-ubyte.gz").write_bytes(damage(canonical))
+    with pytest.raises(CnncError, match=rf"t10k-labels-idx1-ubyte\.gz is not a complete gzip file \(.*{reason}\)"):
+        load_dataset("mnist", "test", directory)
+
+
 def test_wrong_magic_number_suggests_swapped_files(tmp_path: Path) -> None:
     labels = _raw(MNIST_DIR / "t10k-labels-idx1-ubyte.gz")
     directory = _write_mnist_test(tmp_path, images=labels)
