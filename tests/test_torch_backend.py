@@ -13,6 +13,7 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from cnnc.compiler.backends import pytorch as pytorch_backend
 from cnnc.compiler.backends.pytorch import build_module, load_weights
 from cnnc.compiler.backends.weights import initial_weights
 from cnnc.compiler.check import check_file
@@ -125,6 +126,60 @@ def test_forward_is_forward_all_in_either_memory_format(spec: Path) -> None:
         assert torch.equal(module(x), expected)
         module.to(memory_format=torch.channels_last)
         torch.testing.assert_close(module(x.to(memory_format=torch.channels_last)), expected)
+
+
+IN_PLACE_ACTIVATIONS = sorted(pytorch_backend._IN_PLACE)
+
+
+def spying_on_in_place(monkeypatch: pytest.MonkeyPatch, op: str) -> list[int]:
+    """Count the calls of `op`'s in-place form in the modules built from now on."""
+    calls: list[int] = []
+    make = pytorch_backend._IN_PLACE[op]
+
+    def counted(node):
+        function = make(node)
+        return lambda x: (calls.append(1), function(x))[1]
+
+    monkeypatch.setitem(pytorch_backend._IN_PLACE, op, counted)
+    return calls
+
+
+@pytest.mark.parametrize("op", IN_PLACE_ACTIVATIONS)
+def test_without_gradients_an_activation_overwrites_its_dead_input_with_the_same_values(
+        op: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = spying_on_in_place(monkeypatch, op)
+    graph = graph_of(f"model m {{\n input x(4, 5, 5)\n conv(6, kernel=3) -> {op}\n conv(6, kernel=1, activation={op})\n"
+                     " flatten\n}\n")
+    module = build_module(graph, seed=1).eval()
+    for x in (torch.randn(3, 4, 5, 5) * 4, (torch.randn(3, 4, 5, 5) * 4).to(memory_format=torch.channels_last)):
+        calls.clear()
+        before = x.clone()
+        expected = module(x)  # with gradients: out of place
+        assert not calls
+        with torch.no_grad():
+            assert torch.equal(module(x), expected)
+        assert len(calls) == 2  # the separate layer and the fused activation
+        with torch.inference_mode():
+            assert torch.equal(module(x), expected)
+        assert torch.equal(x, before)
+
+
+@pytest.mark.parametrize("body", [
+    " relu\n flatten\n",  # the caller's input itself
+    " flatten\n relu\n",  # a view of it
+    " y = conv(4, kernel=1)\n a, b = y -> split(2)\n r = a -> relu\n concat(y, r)\n flatten\n",  # a live value's view
+], ids=["input", "view-of-input", "view-of-live-value"])
+def test_an_activation_never_overwrites_the_input_or_memory_a_live_value_shares(
+        body: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = spying_on_in_place(monkeypatch, "relu")
+    module = build_module(graph_of(f"model m {{\n input x(4, 3, 3)\n{body}}}\n"), seed=2).eval()
+    x = torch.randn(2, 4, 3, 3)
+    before = x.clone()
+    expected = module(x)
+    with torch.no_grad():
+        assert torch.equal(module(x), expected)
+    assert not calls
+    assert torch.equal(x, before)
 
 
 def test_block_layers_nest_in_the_state_dict() -> None:

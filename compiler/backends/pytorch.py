@@ -23,6 +23,9 @@ Conventions:
   (compiler.ops); a fused `activation=` is the activation op's own lowering, applied in place.
 - What the graph ends with is decided before lowering (compiler.passes.with_outputs): training with
   `cross_entropy(from_logits=false)` builds the graph without its final softmax.
+- Without gradients (evaluation), `forward` runs an activation in place when no later step reads its
+  input: the same values, no new tensor (mnist_fast's test evaluation is twice as fast). Never on the
+  caller's input, nor on memory that another live value shares; `forward_all` keeps every value.
 The module works in either memory format: convert it and its inputs with
 `.to(memory_format=torch.channels_last)` (the trainer does); flatten still reads channel-major.
 """
@@ -303,6 +306,23 @@ _ACTIVATIONS: dict[str, Lowering] = {
     "mish": _activation(lambda n: F.mish),
 }
 
+# The activations that have an in-place form: the same kernel writing into its input, so the same
+# values. Without gradients, forward runs them in place on a value no later step reads (see
+# CnncModule.forward): no new tensor, and one pass less over memory.
+_IN_PLACE: dict[str, Callable[[Node], Function]] = {
+    "relu": lambda n: torch.relu_,
+    "leaky_relu": lambda n: partial(F.leaky_relu, negative_slope=n.attrs["alpha"], inplace=True),
+    "elu": lambda n: partial(F.elu, alpha=n.attrs["alpha"], inplace=True),
+    "selu": lambda n: partial(F.selu, inplace=True),
+    "silu": lambda n: partial(F.silu, inplace=True),
+    "sigmoid": lambda n: torch.sigmoid_,
+    "tanh": lambda n: torch.tanh_,
+    "relu6": lambda n: partial(F.relu6, inplace=True),
+    "hardsigmoid": lambda n: partial(F.hardsigmoid, inplace=True),
+    "hardswish": lambda n: partial(F.hardswish, inplace=True),
+    "mish": lambda n: partial(F.mish, inplace=True),
+}
+
 
 def _global_avgpool(keepdims: bool, x: Tensor) -> Tensor:
     return x.mean((2, 3), keepdim=keepdims)
@@ -431,6 +451,7 @@ class _Step:
     inputs: tuple[int, ...]
     output: int
     release: tuple[int, ...] = ()  # values no later step reads, freed to save memory
+    in_place: Function | None = None  # the same computation written into its input, which no later step reads
 
 
 class CnncModule(nn.Module):
@@ -456,10 +477,17 @@ class CnncModule(nn.Module):
                 parameter.requires_grad_(False)
 
     def forward(self, x: Tensor) -> Tensor:
+        """The graph's output. Without gradients (evaluation), an activation whose input no later step
+        reads overwrites it, unless that tensor shares memory with `x` or another live value (a view)."""
         values: list[Tensor | None] = [None] * len(self._slots)
         values[0] = x
+        in_place = not torch.is_grad_enabled()
         for step in self._steps:
-            values[step.output] = step.function(*(values[i] for i in step.inputs))
+            inputs = [values[i] for i in step.inputs]
+            if in_place and step.in_place is not None and _owns_memory(step.inputs[0], values, x):
+                values[step.output] = step.in_place(inputs[0])
+            else:
+                values[step.output] = step.function(*inputs)
             for index in step.release:
                 values[index] = None
         return values[self._output]  # type: ignore[return-value]
@@ -490,7 +518,8 @@ class CnncModule(nn.Module):
         if isinstance(function, nn.Module):
             self._attach(node.name, function)
         output = self._slot(node.name)
-        steps = [_Step(function, tuple(self._slots[name] for name in node.inputs), output)]
+        in_place = _IN_PLACE[node.op](node) if node.op in _IN_PLACE else None
+        steps = [_Step(function, tuple(self._slots[name] for name in node.inputs), output, in_place=in_place)]
         activation = fused_activation(node)
         if activation is not None:  # computed in place of the layer's own value
             activation_steps = self._lower(replace(activation, name=node.name, inputs=(node.name,)))
@@ -512,7 +541,8 @@ class CnncModule(nn.Module):
 
 
 def _with_releases(steps: list[_Step], output: int) -> list[_Step]:
-    """The steps with, on each, the values that no later step reads (never the output)."""
+    """The steps with, on each, the values that no later step reads (never the output), and an
+    in-place form kept only where the step's input is such a value (never the graph's input)."""
     last_use: dict[int, int] = {}
     for position, step in enumerate(steps):
         for index in step.inputs:
@@ -521,5 +551,21 @@ def _with_releases(steps: list[_Step], output: int) -> list[_Step]:
     for index, position in last_use.items():
         if index != output and steps[position].output != index:
             releases.setdefault(position, []).append(index)
-    return [_Step(step.function, step.inputs, step.output, tuple(releases.get(position, ())))
+
+    def overwritable(position: int, step: _Step) -> bool:
+        value = step.inputs[0]
+        return value != 0 and (value in releases.get(position, ()) or value == step.output)
+
+    return [replace(step, release=tuple(releases.get(position, ())),
+                    in_place=step.in_place if step.in_place is not None and overwritable(position, step) else None)
             for position, step in enumerate(steps)]
+
+
+def _owns_memory(slot: int, values: list[Tensor | None], graph_input: Tensor) -> bool:
+    """Whether the tensor in `slot` shares its memory with no other live value and not with the graph's
+    input (the caller's): a view's producer (flatten, channel_slice, identity) may still be read."""
+    tensor = values[slot]
+    assert tensor is not None  # a step's input is live
+    address = tensor.untyped_storage().data_ptr()
+    others = (value for index, value in enumerate(values) if index != slot and value is not None)
+    return address != 0 and all(other.untyped_storage().data_ptr() != address for other in (graph_input, *others))
