@@ -18,7 +18,7 @@ from cnnc.compiler.arguments import Option
 from cnnc.errors import CnncError
 from cnnc.training.augment import Augmenter
 from cnnc.training.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_checkpoint
-from cnnc.training.data import epoch_order, shard
+from cnnc.training.data import epoch_order, even_batches, shard
 from cnnc.training.losses import CrossEntropy
 from cnnc.training.optim import SGD, Adam, LearningRateSchedule, RMSProp, set_learning_rate
 from cnnc.training.trainer import BestTracker
@@ -334,3 +334,14 @@ def test_missing_checkpoints_and_run_directories_are_named(tmp_path) -> None:
         load_checkpoint(tmp_path / "nowhere")
     with pytest.raises(CnncError, match="is not a cnnc run directory: it has no last.pt"):
         load_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("count, largest", [(10000, 256), (10000, 250), (60000, 1024), (7, 256), (257, 256), (1, 1),
+                                            (0, 256)])
+def test_evaluation_batches_are_the_fewest_of_at_most_two_sizes_in_order(count: int, largest: int) -> None:
+    indices = torch.arange(count) * 3
+    parts = even_batches(indices, largest)
+    sizes = {len(part) for part in parts}
+    assert torch.equal(torch.cat(parts), indices)
+    assert len(parts) == max(math.ceil(count / largest), 1)
+    assert max(sizes) <= largest and max(sizes) - min(sizes) <= 1

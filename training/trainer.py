@@ -40,15 +40,15 @@ from cnnc.compiler.train_config import TrainConfig
 from cnnc.errors import CnncError
 from cnnc.training.augment import test_time_average
 from cnnc.training.averaging import WeightAverage
-from cnnc.training.data import BatchPreparer, TensorSplit, batches, epoch_order, shard
+from cnnc.training.data import BatchPreparer, TensorSplit, batches, epoch_order, even_batches, shard
 from cnnc.training.distributed import World, gather, max_over_processes, share_buffers, sum_over_processes
 from cnnc.training.losses import CrossEntropy, correct
 from cnnc.training.optim import LearningRateSchedule, Optimizer, set_learning_rate
 from cnnc.training.reporting import Bar, Console, MetricsLog, epoch_line
 
-# Images per forward pass in evaluation. On a CPU a batch whose activations stay in the caches is the
-# fastest: 256 evaluated cifar10_fast, mnist_fast and keras_mnist 1.5-2x faster than 1000 on two cores
-# (a sweep of 128-1000, see bench/CIFAR10_FAST.md); a GPU wants large batches.
+# Images per forward pass in evaluation, at most (see even_batches). On a CPU a batch whose activations
+# stay in the caches is the fastest: 256 evaluated cifar10_fast, mnist_fast and keras_mnist 1.5-2x
+# faster than 1000 on two cores (a sweep of 128-1000, see bench/CIFAR10_FAST.md); a GPU wants large batches.
 CPU_EVAL_BATCH_SIZE = 256
 CUDA_EVAL_BATCH_SIZE = 1024
 # Fault injection for the tests of resume and interruption: "SIGNAL:N" makes the process send
@@ -424,7 +424,7 @@ class Trainer:
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         matrix = torch.zeros(classes * classes, dtype=torch.float64, device=self.device)
         indices = shard(torch.arange(len(split)), self.world.rank, self.world.size, pad=False).to(self.device)
-        for chunk in batches(indices, eval_batch_size(self.device)):
+        for chunk in even_batches(indices, eval_batch_size(self.device)):
             labels = split.labels[chunk]
             with self.autocast():
                 x = self.preparer(split.images[chunk], train=False)
