@@ -285,43 +285,36 @@ Shapes = tuple[tuple[int, ...], ...]
 Lowering = Callable[[Node, Shapes], Function]
 
 
-def _activation(make: Callable[[Node], Function]) -> Lowering:
-    return lambda node, shapes: make(node)
+# An activation: (node, in_place) -> what computes it. With in_place=True, the form that writes into its
+# input (the same kernel, so the same values), or None where there is none. Without gradients, forward
+# runs that form on a value no later step reads (see CnncModule.forward): no new tensor, one pass less
+# over memory.
+Activation = Callable[[Node, bool], "Function | None"]
 
-
-_ACTIVATIONS: dict[str, Lowering] = {
-    "relu": _activation(lambda n: F.relu),
-    "leaky_relu": _activation(lambda n: partial(F.leaky_relu, negative_slope=n.attrs["alpha"])),
-    "elu": _activation(lambda n: partial(F.elu, alpha=n.attrs["alpha"])),
-    "selu": _activation(lambda n: F.selu),
-    "gelu": _activation(lambda n: partial(F.gelu, approximate=n.attrs["approximate"])),
-    "silu": _activation(lambda n: F.silu),
-    "sigmoid": _activation(lambda n: torch.sigmoid),
-    "tanh": _activation(lambda n: torch.tanh),
-    "softmax": _activation(lambda n: partial(F.softmax, dim=1)),
-    "identity": _activation(lambda n: _identity),
-    "relu6": _activation(lambda n: F.relu6),
-    "hardsigmoid": _activation(lambda n: F.hardsigmoid),
-    "hardswish": _activation(lambda n: F.hardswish),
-    "mish": _activation(lambda n: F.mish),
+_ACTIVATIONS: dict[str, Activation] = {
+    "relu": lambda n, in_place: partial(F.relu, inplace=in_place),
+    "leaky_relu": lambda n, in_place: partial(F.leaky_relu, negative_slope=n.attrs["alpha"], inplace=in_place),
+    "elu": lambda n, in_place: partial(F.elu, alpha=n.attrs["alpha"], inplace=in_place),
+    "selu": lambda n, in_place: partial(F.selu, inplace=in_place),
+    "gelu": lambda n, in_place: None if in_place else partial(F.gelu, approximate=n.attrs["approximate"]),
+    "silu": lambda n, in_place: partial(F.silu, inplace=in_place),
+    "sigmoid": lambda n, in_place: torch.sigmoid_ if in_place else torch.sigmoid,
+    "tanh": lambda n, in_place: torch.tanh_ if in_place else torch.tanh,
+    "softmax": lambda n, in_place: None if in_place else partial(F.softmax, dim=1),
+    "identity": lambda n, in_place: None if in_place else _identity,
+    "relu6": lambda n, in_place: partial(F.relu6, inplace=in_place),
+    "hardsigmoid": lambda n, in_place: partial(F.hardsigmoid, inplace=in_place),
+    "hardswish": lambda n, in_place: partial(F.hardswish, inplace=in_place),
+    "mish": lambda n, in_place: partial(F.mish, inplace=in_place),
 }
 
-# The activations that have an in-place form: the same kernel writing into its input, so the same
-# values. Without gradients, forward runs them in place on a value no later step reads (see
-# CnncModule.forward): no new tensor, and one pass less over memory.
-_IN_PLACE: dict[str, Callable[[Node], Function]] = {
-    "relu": lambda n: torch.relu_,
-    "leaky_relu": lambda n: partial(F.leaky_relu, negative_slope=n.attrs["alpha"], inplace=True),
-    "elu": lambda n: partial(F.elu, alpha=n.attrs["alpha"], inplace=True),
-    "selu": lambda n: partial(F.selu, inplace=True),
-    "silu": lambda n: partial(F.silu, inplace=True),
-    "sigmoid": lambda n: torch.sigmoid_,
-    "tanh": lambda n: torch.tanh_,
-    "relu6": lambda n: partial(F.relu6, inplace=True),
-    "hardsigmoid": lambda n: partial(F.hardsigmoid, inplace=True),
-    "hardswish": lambda n: partial(F.hardswish, inplace=True),
-    "mish": lambda n: partial(F.mish, inplace=True),
-}
+
+def _lowering(activation: Activation) -> Lowering:
+    def lower(node: Node, shapes: Shapes) -> Function:
+        function = activation(node, False)
+        assert function is not None  # every activation has a form that returns a new tensor
+        return function
+    return lower
 
 
 def _global_avgpool(keepdims: bool, x: Tensor) -> Tensor:
@@ -437,7 +430,7 @@ LOWERINGS: dict[str, Lowering] = {
     "upsample": lambda node, shapes: _upsample(node),
     "pad": lambda node, shapes: _pad(node),
     "channel_shuffle": lambda node, shapes: partial(_channel_shuffle, node.attrs["groups"]),
-    **_ACTIVATIONS,
+    **{op: _lowering(activation) for op, activation in _ACTIVATIONS.items()},
 }
 
 
@@ -518,7 +511,7 @@ class CnncModule(nn.Module):
         if isinstance(function, nn.Module):
             self._attach(node.name, function)
         output = self._slot(node.name)
-        in_place = _IN_PLACE[node.op](node) if node.op in _IN_PLACE else None
+        in_place = _ACTIVATIONS[node.op](node, True) if node.op in _ACTIVATIONS else None
         steps = [_Step(function, tuple(self._slots[name] for name in node.inputs), output, in_place=in_place)]
         activation = fused_activation(node)
         if activation is not None:  # computed in place of the layer's own value
