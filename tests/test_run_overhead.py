@@ -17,11 +17,13 @@ import pytest
 import torch
 
 from cnnc.cli import main
+from cnnc.compiler.backends.pytorch import CnncModule
 from cnnc.compiler.check import check_file
 from cnnc.datasets import standard
 from cnnc.datasets.registry import MNIST
 from cnnc.errors import CnncError
 from cnnc.training import plotter, reporting
+from cnnc.training.data import TensorSplit
 from cnnc.training.distributed import World
 from cnnc.training.plotter import Plots
 from cnnc.training.reporting import Console
@@ -229,6 +231,28 @@ def test_evaluation_in_inference_mode_leaves_the_weights_trainable(tmp_path: Pat
     before = statistics.clone()
     trainer._epoch(2)  # updates the statistics in place again, as DDP's broadcast of them does
     assert not torch.equal(statistics, before)
+
+
+def test_evaluation_runs_the_forward_pass_with_batch_norms_folded(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = tmp_path / "m.cnn"
+    spec.write_text(BATCH_NORM_LOOKAHEAD)
+    session = Session.create(check_file(spec).program, Overrides(limit_train=128, limit_test=16),
+                             Execution("cpu", channels_last=True, compile=False, bf16=False), World(),
+                             Console("quiet"), tmp_path / "run", str(spec))
+    trainer = session.trainer
+    trainer._epoch(1)
+    taken: list[CnncModule] = []
+    original = CnncModule.folded
+    monkeypatch.setattr(CnncModule, "folded", lambda module: (taken.append(module), original(module))[1])
+    test = TensorSplit.of(session.splits.test, trainer.device)
+    loss, accuracy, _ = trainer.evaluate(test)
+    assert taken == [trainer.evaluated_model()]
+    model = trainer.evaluated_model().eval()
+    with torch.inference_mode():
+        logits = model(trainer.preparer(test.images, train=False))
+        assert loss == pytest.approx(trainer.loss(logits, test.labels, reduction="sum").item() / len(test), rel=1e-5)
+        assert accuracy == (logits.argmax(1) == test.labels).double().mean().item()
 
 
 # --- the benchmark ---------------------------------------------------------------------------------

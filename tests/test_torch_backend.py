@@ -19,7 +19,7 @@ from cnnc.compiler.backends.weights import initial_weights
 from cnnc.compiler.check import check_file
 from cnnc.compiler.ir import Graph
 from cnnc.compiler.passes import prune, with_outputs
-from cnnc.errors import CnncError
+from cnnc.errors import CnncError, InternalError
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = sorted([*(ROOT / "specs").glob("*.cnn"), *(ROOT / "tests" / "specs").glob("*.cnn")])
@@ -182,6 +182,88 @@ def test_an_activation_never_overwrites_the_input_or_memory_a_live_value_shares(
         assert torch.equal(module(x), expected)
     assert not calls
     assert torch.equal(x, before)
+
+
+def with_trained_values(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """The module in eval mode with batch norms' running statistics and affine parameters, and
+    convolutions' biases, away from their initial values, so that folding has something to get wrong."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for conv in (layer for layer in module.modules() if isinstance(layer, pytorch_backend.Conv)):
+            if conv.bias is not None:
+                conv.bias.copy_(torch.randn(len(conv.bias), generator=generator))
+        for norm in (layer for layer in module.modules() if isinstance(layer, pytorch_backend.BatchNorm)):
+            channels = len(norm.running_mean)
+            norm.running_mean.copy_(torch.randn(channels, generator=generator))
+            norm.running_var.copy_(torch.rand(channels, generator=generator) + 0.5)
+            for parameter in (norm.weight, norm.bias):
+                if parameter is not None:
+                    parameter.copy_(torch.randn(channels, generator=generator))
+    return module.eval()
+
+
+def batch_norm_steps(steps) -> int:
+    return sum(isinstance(step.function, pytorch_backend.BatchNorm) for step in steps)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[p.stem for p in SPECS])
+def test_folded_evaluation_is_forward_in_either_memory_format(spec: Path) -> None:
+    graph = check_file(spec).program.graph
+    module = with_trained_values(build_module(graph, seed=4), seed=5)
+    x = torch.rand(3, *graph.input.shape)
+    with torch.inference_mode():
+        expected = module(x)
+        torch.testing.assert_close(module.folded()(x), expected, rtol=1e-4, atol=1e-5)
+        module.to(memory_format=torch.channels_last)
+        torch.testing.assert_close(module.folded()(x.to(memory_format=torch.channels_last)), expected,
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_mnist_fast_evaluates_with_its_three_batch_norms_folded_into_the_convolutions() -> None:
+    module = build_module(check_file(ROOT / "specs" / "mnist_fast.cnn").program.graph).eval()
+    with torch.inference_mode():
+        folded = pytorch_backend._fold_batch_norms(module._steps)
+    assert batch_norm_steps(module._steps) == 3
+    assert batch_norm_steps(folded) == 0
+    assert len(folded) == len(module._steps) - 3
+
+
+@pytest.mark.parametrize("layers, folds", [
+    # every form of convolution: bias, groups, dilation, stride, TF 'same' with its odd row at the end
+    (" conv(6, kernel=3, groups=2) -> batchnorm -> relu\n conv(4, kernel=2, stride=2, padding=same) -> batchnorm\n"
+     " conv(4, kernel=3, dilation=2, padding=same, bias=false) -> batchnorm(affine=false)\n", 3),
+    # the convolution's output is read again, after the batch norm or before it
+    (" y = conv(4, kernel=1)\n n = y -> batchnorm\n add(y, n)\n", 0),
+    (" y = conv(4, kernel=1)\n r = y -> relu\n n = y -> batchnorm\n add(r, n)\n", 0),
+    # batch norm after pooling, and after a fused activation (relu between them)
+    (" conv(4, kernel=3) -> maxpool(2) -> batchnorm\n conv(4, kernel=1, activation=relu) -> batchnorm\n", 0),
+], ids=["conv-forms", "conv-read-later", "conv-read-before", "not-after-conv"])
+def test_only_a_batch_norm_that_alone_reads_a_convolution_is_folded(layers: str, folds: int) -> None:
+    graph = graph_of(f"model m {{\n input x(4, 9, 9)\n{layers} flatten\n}}\n")
+    module = with_trained_values(build_module(graph, seed=6), seed=7)
+    x = torch.randn(2, 4, 9, 9)
+    with torch.inference_mode():
+        steps = pytorch_backend._fold_batch_norms(module._steps)
+        assert batch_norm_steps(module._steps) - batch_norm_steps(steps) == folds
+        torch.testing.assert_close(module.folded()(x), module(x), rtol=1e-4, atol=1e-5)
+
+
+def test_folded_weights_are_taken_when_asked_and_only_for_evaluation() -> None:
+    module = with_trained_values(build_module(graph_of(
+        "model m {\n input x(2, 5, 5)\n conv(3, kernel=3) -> batchnorm\n flatten\n}\n"), seed=8), seed=9)
+    x = torch.randn(2, 2, 5, 5)
+    with torch.inference_mode():
+        before = module.folded()
+        expected = module(x)
+    with torch.no_grad():
+        module.batchnorm1.running_mean.add_(1.0)  # type: ignore[operator]
+    with torch.inference_mode():
+        torch.testing.assert_close(before(x), expected)  # the weights as they were when it was taken
+        torch.testing.assert_close(module.folded()(x), module(x))
+    with pytest.raises(InternalError, match="eval mode without gradients"):
+        module.folded()  # gradients on
+    with torch.inference_mode(), pytest.raises(InternalError, match="eval mode without gradients"):
+        module.train().folded()
 
 
 def test_block_layers_nest_in_the_state_dict() -> None:

@@ -8,7 +8,9 @@ stopping and, after an interruption mid-epoch, the position and running totals w
 On CPU a resumed run therefore ends with bit-identical weights to an uninterrupted one.
 
 Evaluation (validation, test) uses `evaluated_model()`: the weight average's module when there is
-one, else the trained module; with `tta`, its outputs averaged over the test-time views.
+one, else the trained module; with `tta`, its outputs averaged over the test-time views. It runs the
+module's `folded()` forward pass: batch norms folded into the convolutions before them, as inference
+engines do, so the metrics equal those of `forward` up to float rounding.
 
 Synchronisation: reading a value of the device on the host (a loss, to check it and add it up) waits
 for the device to finish all the work queued so far. On CUDA the steps' losses therefore stay on the
@@ -420,6 +422,7 @@ class Trainer:
         model = self.evaluated_model()
         share_buffers(self.world, model)
         model.eval()
+        forward = model.folded()
         classes = self.model.graph.num_classes
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         matrix = torch.zeros(classes * classes, dtype=torch.float64, device=self.device)
@@ -428,7 +431,7 @@ class Trainer:
             labels = split.labels[chunk]
             with self.autocast():
                 x = self.preparer(split.images[chunk], train=False)
-                output = test_time_average(model, x, self.config.tta) if self.config.tta else model(x)
+                output = test_time_average(forward, x, self.config.tta) if self.config.tta else forward(x)
             sums += torch.stack([self.loss(output, labels, reduction="sum").double(),
                                  correct(output, labels).double(),
                                  torch.tensor(len(chunk), device=self.device).double()])

