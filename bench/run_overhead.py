@@ -22,8 +22,9 @@ checking the spec, loading the data, building the model, the steps, test evaluat
 each checkpoint write, with the thread each ran on. Phases on another thread than the main one
 overlap the main thread's work; the table says which. cnnc's plot helper process (see
 cnnc.training.plotter) is started through this script too (`--helper-child`), so that its import of
-matplotlib and its drawing are timed as well; they run alongside the main process, which waits only
-for what is left of them ("waiting for the plots"). The timers cost well under a millisecond.
+matplotlib and its drawing (in its forked children, on Linux) are timed as well; they run alongside
+the main process, which waits only for what is left of them ("waiting for the plots"). The timers
+cost well under a millisecond.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ TIMED_FUNCTIONS = (
     ("cnnc.training.plotter", "Plots.wait", "waiting for the plots"),
 )
 HELPER_THREAD = "plot helper process"
+HELPER_CHILD_THREAD = "child of the plot helper"
 
 
 # --- the breakdown child ---------------------------------------------------------------------------
@@ -170,6 +172,23 @@ def helper_child(report: Path) -> NoReturn:
     threading.current_thread().name = HELPER_THREAD
     from cnnc.training import plotter
 
+    helper = os.getpid()
+    draw = plotter._draw
+
+    def draw_and_report(job) -> None:
+        """Draw; in a child of the helper (cnnc.training.plotter.DRAW_IN_CHILDREN), which ends without
+        returning here, write what was timed to a report of its own first."""
+        first = len(recorder.intervals)
+        if os.getpid() != helper:
+            threading.current_thread().name = HELPER_CHILD_THREAD
+        try:
+            draw(job)
+        finally:
+            if os.getpid() != helper:
+                report.with_name(f"{report.stem}-{os.getpid()}.json").write_text(
+                    json.dumps([interval.to_json() for interval in recorder.intervals[first:]]))
+
+    plotter._draw = draw_and_report
     plotter._serve()
     report.write_text(json.dumps([interval.to_json() for interval in recorder.intervals]))
     os._exit(0)  # as the helper does (see the end of cnnc/training/plotter.py)
@@ -188,8 +207,8 @@ def breakdown_child(report: Path, argv: list[str]) -> NoReturn:
         code = main(argv)
     ended = time.monotonic()
     expected = {f"{module}.{attribute}" for module, attribute, _ in TIMED_FUNCTIONS}
-    if finder.helper_report.exists():
-        recorder.intervals += [Interval(**interval) for interval in json.loads(finder.helper_report.read_text())]
+    for helper_report in sorted(report.parent.glob(f"{finder.helper_report.stem}*.json")):  # its children's too
+        recorder.intervals += [Interval(**interval) for interval in json.loads(helper_report.read_text())]
     report.write_text(json.dumps({
         "code": code, "started": started, "ended": ended, "main_thread": threading.main_thread().name,
         "unpatched": sorted(expected - finder.patched),

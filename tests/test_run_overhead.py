@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,7 @@ from cnnc.training.plotter import Plots
 from cnnc.training.reporting import Console
 from cnnc.training.run import Execution, Session
 from cnnc.training.settings import Overrides
+from cnnc.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = Path(os.environ["CNNC_DATA"]) / "mnist"
@@ -146,6 +149,71 @@ def test_a_helper_that_hangs_is_given_up_and_the_plots_are_drawn_here(tmp_path: 
     files = _draw_all(Plots(process), tmp_path / "run")
     assert process.returncode is not None  # ended, not left behind
     assert set(files) == {reporting.CURVES, reporting.CONFUSION_PNG, reporting.CONFUSION_JSON}
+
+
+def meeting_draw(job: dict) -> None:
+    """A stand-in for plotter._draw: writes this process's id to job["path"], then waits (5 s at most)
+    for the other job's file, so that it succeeds only while the other job is being drawn too."""
+    Path(job["path"]).write_text(str(os.getpid()))
+    deadline = time.monotonic() + 5
+    while not Path(job["other"]).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the other plot was not being drawn at the same time")
+        time.sleep(0.01)
+
+
+def test_the_helper_draws_each_plot_at_once_in_a_child_of_its_own(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(plotter, "DRAW_IN_CHILDREN", True)
+    monkeypatch.setattr(plotter, "_draw", meeting_draw)
+    first, second = tmp_path / "first", tmp_path / "second"
+    drawings = [plotter._start_drawing({"path": str(first), "other": str(second)}),
+                plotter._start_drawing({"path": str(second), "other": str(first)})]
+    assert [drawn() for drawn in drawings] == [True, True]
+    drawers = {int(first.read_text()), int(second.read_text())}
+    assert len(drawers) == 2 and os.getpid() not in drawers
+
+
+def test_a_plot_that_fails_in_a_child_is_reported_as_not_drawn(tmp_path: Path, monkeypatch) -> None:
+    def failing_draw(job: dict) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(plotter, "DRAW_IN_CHILDREN", True)
+    monkeypatch.setattr(plotter, "_draw", failing_draw)
+    assert plotter._start_drawing({})() is False
+
+
+def test_a_helper_that_hangs_is_ended_with_the_children_drawing_for_it(tmp_path: Path, monkeypatch) -> None:
+    child_id = tmp_path / "child"
+    hang = ("import os, sys, time\nchild = os.fork()\n"
+            "if child: open(sys.argv[1], 'w').write(str(child))\ntime.sleep(600)\n")
+    monkeypatch.setattr(plotter, "HELPER_COMMAND", [sys.executable, "-c", hang, str(child_id)])
+    monkeypatch.setattr(plotter, "HELPER_TIMEOUT", 1.0)
+    process = plotter.spawn_helper()
+    assert process is not None
+    _draw_all(Plots(process), tmp_path / "run")
+    assert process.returncode == -signal.SIGKILL
+    status = Path(f"/proc/{child_id.read_text()}/status")
+    for _ in range(100):  # killed with the helper: gone, or a zombie that nothing has reaped yet
+        if not status.exists() or "State:\tZ" in status.read_text():
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"the helper's child is still running: {status.read_text()}")
+
+
+def test_a_run_sends_its_plots_once_the_test_set_is_evaluated(tmp_path: Path, monkeypatch) -> None:
+    spec = tmp_path / "m.cnn"
+    spec.write_text(TINY_XO)
+    events: list[str] = []
+    evaluate, curves, confusion = Trainer.evaluate, Plots.curves, Plots.confusion_matrix
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, *args, **kwargs: (events.append("evaluate"),
+                                                                              evaluate(self, *args, **kwargs))[1])
+    monkeypatch.setattr(Plots, "curves", lambda self, *args: (events.append("curves"), curves(self, *args))[1])
+    monkeypatch.setattr(Plots, "confusion_matrix",
+                        lambda self, *args: (events.append("confusion"), confusion(self, *args))[1])
+    assert main(["train", str(spec), "--limit-train", "128", "--limit-test", "32", "--quiet",
+                 "--out", str(tmp_path / "run")]) == 0
+    assert events == ["evaluate", "curves", "confusion"]
 
 
 # --- what the overlaps must not change ---------------------------------------------------------------

@@ -3,22 +3,28 @@
 Importing matplotlib takes most of a second of one core, and a run's cores are otherwise idle while
 it imports torch (one core) and busy with both afterwards. `cnnc train` therefore starts this helper
 (`python -m cnnc.training.plotter`) before it imports torch, so that matplotlib is imported on the
-other core meanwhile; the curves are then drawn while the test set is evaluated. The helper draws
-with the same functions (reporting.write_curves, reporting.write_confusion_matrix), so the files are
-the same. Whatever the helper could not draw (it did not start, died, or failed) is drawn again in the
-run's own process, so that a real error (a full disk, say) is raised there as it always was.
+other core meanwhile. The run sends both plots once the test set is evaluated, and on Linux the
+helper draws each in a child of its own (fork: matplotlib stays imported), so that they are drawn at
+once, one per core. Drawn during the evaluation instead, the curves took from its two threads about
+as long as they took to draw (bench/RUN_OVERHEAD.md). The helper draws with the same functions
+(reporting.write_curves, reporting.write_confusion_matrix), so the files are the same. Whatever the
+helper could not draw (it did not start, died, or failed) is drawn again in the run's own process, so
+that a real error (a full disk, say) is raised there as it always was.
 
-Protocol: one JSON job per line on the helper's stdin, one line back per job ("ok" or "error");
-the helper ends at the end of its input, so it never outlives the run by more than the plot it is
-drawing. It runs in a session of its own, so that the terminal's Ctrl-C reaches the run alone (which
-handles it, and ends the helper). The run waits for it HELPER_TIMEOUT seconds at most, then draws
-what is left itself: a helper that hangs cannot hang the run.
+Protocol: one JSON job per line on the helper's stdin; at the end of its input, once every job is
+drawn, one line back per job, in order ("ok" or "error"), and the helper ends, so it never outlives the
+run by more than the plots it is drawing. It runs in a session of its own, so that the terminal's
+Ctrl-C reaches the run alone (which handles it, and ends the helper). The run waits for it
+HELPER_TIMEOUT seconds at most, then ends it and its children and draws what is left itself: a helper
+that hangs cannot hang the run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +39,9 @@ from cnnc.training import reporting
 HELPER_COMMAND = [sys.executable, "-m", "cnnc.training.plotter"]
 # Seconds the run waits for the helper's plots (a second or two normally) before drawing them itself.
 HELPER_TIMEOUT = 60.0
+# Whether the helper draws each plot in a forked child: not where fork without exec is unsafe (macOS's
+# system libraries) or missing (Windows).
+DRAW_IN_CHILDREN = sys.platform == "linux"
 
 
 class Plots:
@@ -77,8 +86,7 @@ class Plots:
         if any(sent for _, sent in self.jobs):
             _finish(process)
         elif process.poll() is None:
-            process.kill()
-            process.wait()
+            _kill(process)
 
     def _submit(self, job: dict[str, Any], draw_here: Callable[[], None]) -> None:
         sent = False
@@ -107,10 +115,20 @@ def _finish(process: subprocess.Popen[str]) -> list[str]:
     try:
         output, _ = process.communicate(timeout=HELPER_TIMEOUT)
     except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+        _kill(process)
         return []
     return [line.strip() for line in output.splitlines()]
+
+
+def _kill(process: subprocess.Popen[str]) -> None:
+    """End the helper and the children drawing for it (its session is their process group), so that
+    none of them writes a plot while the run draws it again."""
+    if hasattr(os, "killpg"):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    else:
+        process.kill()
+    process.wait()
 
 
 # --- the helper process ---------------------------------------------------------------------------
@@ -132,13 +150,33 @@ def _serve() -> None:
         from matplotlib import pyplot  # noqa: F401 - imported now, while the run imports torch
     except Exception:  # noqa: BLE001 - every job is then reported failed, and drawn (and fails) in the run
         pass
-    for line in sys.stdin:
+    drawings = [_start_drawing(json.loads(line)) for line in sys.stdin]
+    for drawn in drawings:
+        print("ok" if drawn() else "error", file=replies, flush=True)
+
+
+def _start_drawing(job: Mapping[str, Any]) -> Callable[[], bool]:
+    """Start drawing `job` (in a forked child when DRAW_IN_CHILDREN); a function that waits for it and
+    says whether it was drawn."""
+    if not DRAW_IN_CHILDREN:
+        drawn = _drew(job)
+        return lambda: drawn
+    child = os.fork()
+    if child == 0:
+        drawn = False
         try:
-            _draw(json.loads(line))
-            outcome = "ok"
-        except Exception:  # noqa: BLE001 - the run draws it again, and raises what it raises
-            outcome = "error"
-        print(outcome, file=replies, flush=True)
+            drawn = _drew(job)
+        finally:
+            os._exit(0 if drawn else 1)  # no teardown, and no flush of buffers copied from the parent
+    return lambda: os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0
+
+
+def _drew(job: Mapping[str, Any]) -> bool:
+    try:
+        _draw(job)
+        return True
+    except Exception:  # noqa: BLE001 - the run draws it again, and raises what it raises
+        return False
 
 
 if __name__ == "__main__":

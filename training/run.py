@@ -410,8 +410,6 @@ class Session:
         trainer = self.trainer
         model_epoch = trainer.restore_best_if_asked()
         title = self.program.graph.name
-        if self.world.is_main and trainer.history:  # drawn (by the plot helper) while the test set is evaluated
-            plots.curves(trainer.history, self.run_dir / CURVES, title)
         test_loss, test_accuracy, matrix = trainer.evaluate(TensorSplit.of(self.splits.test, trainer.device),
                                                             confusion=True)
         record = {"test_loss": test_loss, "test_accuracy": test_accuracy, "test_examples": len(self.splits.test),
@@ -420,6 +418,9 @@ class Session:
         if self.world.is_main:
             assert trainer.metrics is not None and matrix is not None  # rank 0 logs; confusion=True
             trainer.metrics.append(record)
+            # sent after the evaluation, which needs both cores: the helper then draws both at once
+            if trainer.history:
+                plots.curves(trainer.history, self.run_dir / CURVES, title)
             plots.confusion_matrix(matrix, self.splits.test.classes, self.run_dir, title)
             plots.wait()
             final = {"finished": True, "test_accuracy": test_accuracy, "test_loss": test_loss}
