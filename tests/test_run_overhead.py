@@ -182,6 +182,17 @@ def test_a_plot_that_fails_in_a_child_is_reported_as_not_drawn(tmp_path: Path, m
     assert plotter._start_drawing({})() is False
 
 
+def test_a_helper_that_cannot_fork_draws_the_plot_itself(tmp_path: Path, monkeypatch) -> None:
+    def no_fork() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(plotter, "DRAW_IN_CHILDREN", True)
+    monkeypatch.setattr(os, "fork", no_fork)
+    monkeypatch.setattr(plotter, "_draw", lambda job: Path(job["path"]).write_text(str(os.getpid())))
+    assert plotter._start_drawing({"path": str(tmp_path / "drawn")})() is True
+    assert (tmp_path / "drawn").read_text() == str(os.getpid())
+
+
 def test_a_helper_that_hangs_is_ended_with_the_children_drawing_for_it(tmp_path: Path, monkeypatch) -> None:
     child_id = tmp_path / "child"
     hang = ("import os, sys, time\nchild = os.fork()\n"
@@ -282,15 +293,19 @@ train {
 """
 
 
+def batch_norm_session(tmp_path: Path, channels_last: bool) -> Session:
+    """A session of BATCH_NORM_LOOKAHEAD on 128 of the xo training images, and 16 to test."""
+    spec = tmp_path / "m.cnn"
+    spec.write_text(BATCH_NORM_LOOKAHEAD)
+    return Session.create(check_file(spec).program, Overrides(limit_train=128, limit_test=16),
+                          Execution("cpu", channels_last=channels_last, compile=False, bf16=False), World(),
+                          Console("quiet"), tmp_path / "run", str(spec))
+
+
 def test_evaluation_in_inference_mode_leaves_the_weights_trainable(tmp_path: Path) -> None:
     # Tensors made under inference mode cannot be updated in place outside it: the batch-norm buffers
     # (broadcast by share_buffers and DDP) and the averaged weights must stay ordinary tensors.
-    spec = tmp_path / "m.cnn"
-    spec.write_text(BATCH_NORM_LOOKAHEAD)
-    session = Session.create(check_file(spec).program, Overrides(limit_train=128, limit_test=16),
-                             Execution("cpu", channels_last=False, compile=False, bf16=False), World(),
-                             Console("quiet"), tmp_path / "run", str(spec))
-    trainer = session.trainer
+    trainer = batch_norm_session(tmp_path, channels_last=False).trainer
     assert trainer.average is not None
     assert trainer._epoch(1)["val_accuracy"] is not None  # evaluated, under inference mode
     modules = (trainer.model, trainer.average.module)
@@ -303,11 +318,7 @@ def test_evaluation_in_inference_mode_leaves_the_weights_trainable(tmp_path: Pat
 
 def test_evaluation_runs_the_forward_pass_with_batch_norms_folded(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    spec = tmp_path / "m.cnn"
-    spec.write_text(BATCH_NORM_LOOKAHEAD)
-    session = Session.create(check_file(spec).program, Overrides(limit_train=128, limit_test=16),
-                             Execution("cpu", channels_last=True, compile=False, bf16=False), World(),
-                             Console("quiet"), tmp_path / "run", str(spec))
+    session = batch_norm_session(tmp_path, channels_last=True)
     trainer = session.trainer
     trainer._epoch(1)
     taken: list[CnncModule] = []

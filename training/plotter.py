@@ -158,10 +158,10 @@ def _serve() -> None:
 def _start_drawing(job: Mapping[str, Any]) -> Callable[[], bool]:
     """Start drawing `job` (in a forked child when DRAW_IN_CHILDREN); a function that waits for it and
     says whether it was drawn."""
-    if not DRAW_IN_CHILDREN:
+    child = _forked() if DRAW_IN_CHILDREN else None
+    if child is None:
         drawn = _drew(job)
         return lambda: drawn
-    child = os.fork()
     if child == 0:
         drawn = False
         try:
@@ -169,6 +169,14 @@ def _start_drawing(job: Mapping[str, Any]) -> Callable[[], bool]:
         finally:
             os._exit(0 if drawn else 1)  # no teardown, and no flush of buffers copied from the parent
     return lambda: os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0
+
+
+def _forked() -> int | None:
+    """os.fork()'s result, or None when no process can be made now (the plot is then drawn here)."""
+    try:
+        return os.fork()
+    except OSError:
+        return None
 
 
 def _drew(job: Mapping[str, Any]) -> bool:
