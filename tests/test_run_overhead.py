@@ -166,8 +166,8 @@ def test_the_helper_draws_each_plot_at_once_in_a_child_of_its_own(tmp_path: Path
     monkeypatch.setattr(plotter, "DRAW_IN_CHILDREN", True)
     monkeypatch.setattr(plotter, "_draw", meeting_draw)
     first, second = tmp_path / "first", tmp_path / "second"
-    drawings = [plotter._start_drawing({"path": str(first), "other": str(second)}),
-                plotter._start_drawing({"path": str(second), "other": str(first)})]
+    drawings = [plotter._start_drawing(json.dumps({"path": str(first), "other": str(second)})),
+                plotter._start_drawing(json.dumps({"path": str(second), "other": str(first)}))]
     assert [drawn() for drawn in drawings] == [True, True]
     drawers = {int(first.read_text()), int(second.read_text())}
     assert len(drawers) == 2 and os.getpid() not in drawers
@@ -179,7 +179,8 @@ def test_a_plot_that_fails_in_a_child_is_reported_as_not_drawn(tmp_path: Path, m
 
     monkeypatch.setattr(plotter, "DRAW_IN_CHILDREN", True)
     monkeypatch.setattr(plotter, "_draw", failing_draw)
-    assert plotter._start_drawing({})() is False
+    assert plotter._start_drawing("{}")() is False
+    assert plotter._start_drawing("{not json")() is False
 
 
 def test_a_helper_that_cannot_fork_draws_the_plot_itself(tmp_path: Path, monkeypatch) -> None:
@@ -189,7 +190,7 @@ def test_a_helper_that_cannot_fork_draws_the_plot_itself(tmp_path: Path, monkeyp
     monkeypatch.setattr(plotter, "DRAW_IN_CHILDREN", True)
     monkeypatch.setattr(os, "fork", no_fork)
     monkeypatch.setattr(plotter, "_draw", lambda job: Path(job["path"]).write_text(str(os.getpid())))
-    assert plotter._start_drawing({"path": str(tmp_path / "drawn")})() is True
+    assert plotter._start_drawing(json.dumps({"path": str(tmp_path / "drawn")}))() is True
     assert (tmp_path / "drawn").read_text() == str(os.getpid())
 
 

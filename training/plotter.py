@@ -150,14 +150,14 @@ def _serve() -> None:
         from matplotlib import pyplot  # noqa: F401 - imported now, while the run imports torch
     except Exception:  # noqa: BLE001 - every job is then reported failed, and drawn (and fails) in the run
         pass
-    drawings = [_start_drawing(json.loads(line)) for line in sys.stdin]
+    drawings = [_start_drawing(line) for line in sys.stdin]
     for drawn in drawings:
         print("ok" if drawn() else "error", file=replies, flush=True)
 
 
-def _start_drawing(job: Mapping[str, Any]) -> Callable[[], bool]:
-    """Start drawing `job` (in a forked child when DRAW_IN_CHILDREN); a function that waits for it and
-    says whether it was drawn."""
+def _start_drawing(job: str) -> Callable[[], bool]:
+    """Start drawing `job`, a line of JSON (in a forked child when DRAW_IN_CHILDREN); a function that
+    waits for it and says whether it was drawn."""
     child = _forked() if DRAW_IN_CHILDREN else None
     if child is None:
         drawn = _drew(job)
@@ -179,9 +179,9 @@ def _forked() -> int | None:
         return None
 
 
-def _drew(job: Mapping[str, Any]) -> bool:
+def _drew(job: str) -> bool:
     try:
-        _draw(job)
+        _draw(json.loads(job))
         return True
     except Exception:  # noqa: BLE001 - the run draws it again, and raises what it raises
         return False
