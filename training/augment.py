@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cnnc.compiler.arguments import Option
+from cnnc.compiler.backends.pytorch import memory_format_of
 from cnnc.training.seeds import seeded_generator
 
 AUGMENT_STREAM = 1  # seeded_generator(seed, epoch, AUGMENT_STREAM); epoch 0 holds the alternate flips' draws
@@ -145,8 +146,7 @@ def test_time_average(model: Callable[[Tensor], Tensor], x: Tensor, views: Seque
     padded = [F.pad(view, (pixels,) * 4, mode="reflect") for view in unshifted]
     # padded[0:H, 0:W] is the view moved by (+pixels, +pixels); padded[2p:2p+H, 2p:2p+W] by (-pixels, -pixels)
     # Copied into x's memory format: convolutions read a strided window of the padded image more slowly.
-    layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-    shifted = [image[:, :, top:top + height, top:top + width].contiguous(memory_format=layout)
+    shifted = [image[:, :, top:top + height, top:top + width].contiguous(memory_format=memory_format_of(x))
                for image in padded for top in (0, 2 * pixels)]
     return (average + _mean_output(model, shifted)) / 2
 

@@ -590,7 +590,7 @@ def _fold_batch_norms(steps: list[_Step]) -> list[_Step]:
 
 
 def _conv_with_batch_norm(conv: Conv, norm: BatchNorm) -> Function:
-    """conv followed by norm in eval mode, as one convolution (weights in conv.weight's memory format)."""
+    """conv followed by norm in eval mode, as one convolution (its weights in conv.weight's memory format)."""
     scale = torch.rsqrt(norm.running_var + norm.eps)
     if norm.weight is not None:
         scale = scale * norm.weight
@@ -599,9 +599,7 @@ def _conv_with_batch_norm(conv: Conv, norm: BatchNorm) -> Function:
         shift = shift + norm.bias
     if conv.bias is not None:
         shift = shift + conv.bias * scale
-    layout = (torch.channels_last if conv.weight.is_contiguous(memory_format=torch.channels_last)
-              else torch.contiguous_format)
-    weight = (conv.weight * scale.view(-1, 1, 1, 1)).contiguous(memory_format=layout)
+    weight = (conv.weight * scale.view(-1, 1, 1, 1)).contiguous(memory_format=memory_format_of(conv.weight))
 
     def forward(x: Tensor) -> Tensor:
         if conv.explicit_pad is not None:
@@ -609,6 +607,12 @@ def _conv_with_batch_norm(conv: Conv, norm: BatchNorm) -> Function:
         return F.conv2d(x, weight, shift, conv.stride, conv.padding, conv.dilation, conv.groups)
 
     return forward
+
+
+def memory_format_of(tensor: Tensor) -> torch.memory_format:
+    """channels_last for an NHWC tensor (as the trainer makes the module's weights and batches), else
+    the default: what a tensor derived from it should be made contiguous in."""
+    return torch.channels_last if tensor.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
 
 
 def _owns_memory(slot: int, values: list[Tensor | None], graph_input: Tensor) -> bool:
