@@ -81,6 +81,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from cnnc.compiler.cli import check_opset
     from cnnc.errors import UsageError
+    from cnnc.imports import collector_paused
 
     check_opset(args.opset)  # a usage error below MIN_OPSET and above what onnx knows, as in compile
     source, output = _check_paths(args)
@@ -88,8 +89,9 @@ def run_export(args: argparse.Namespace) -> int:
         raise UsageError(f"--tolerance must be positive, got {args.tolerance:g}")
     _check_top_k(args)
 
-    from cnnc.export.exporter import export_checkpoint
-    from cnnc.training.checkpoint import BEST, LAST, load_checkpoint
+    with collector_paused("torch"):
+        from cnnc.export.exporter import export_checkpoint
+        from cnnc.training.checkpoint import BEST, LAST, load_checkpoint
 
     checkpoint = load_checkpoint(source, BEST if args.best else LAST)
     result = export_checkpoint(checkpoint, output, opset=args.opset, outputs=args.outputs, tolerance=args.tolerance,
@@ -103,6 +105,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_quantize(args: argparse.Namespace) -> int:
     from cnnc.errors import UsageError
+    from cnnc.imports import collector_paused
 
     source, output = _check_paths(args)
     _check_top_k(args)
@@ -113,9 +116,10 @@ def run_quantize(args: argparse.Namespace) -> int:
     if args.data is not None and not args.data.exists():
         raise UsageError(f"--data {args.data} does not exist")
 
-    from cnnc.datasets import load_dataset
-    from cnnc.export.quantize import quantize_checkpoint
-    from cnnc.training.checkpoint import BEST, LAST, load_checkpoint
+    with collector_paused("torch"):
+        from cnnc.datasets import load_dataset
+        from cnnc.export.quantize import quantize_checkpoint
+        from cnnc.training.checkpoint import BEST, LAST, load_checkpoint
 
     checkpoint = load_checkpoint(source, BEST if args.best else LAST)
     name = args.dataset or checkpoint.dataset

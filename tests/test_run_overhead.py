@@ -6,12 +6,15 @@ show that its timers still find what they time)."""
 
 from __future__ import annotations
 
+import gc
+import importlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +27,7 @@ from cnnc.compiler.check import check_file
 from cnnc.datasets import standard
 from cnnc.datasets.registry import MNIST
 from cnnc.errors import CnncError
+from cnnc.imports import collector_paused
 from cnnc.training import plotter, reporting
 from cnnc.training.data import TensorSplit
 from cnnc.training.distributed import World
@@ -226,6 +230,81 @@ def test_a_run_sends_its_plots_once_the_test_set_is_evaluated(tmp_path: Path, mo
     assert main(["train", str(spec), "--limit-train", "128", "--limit-test", "32", "--quiet",
                  "--out", str(tmp_path / "run")]) == 0
     assert events == ["evaluate", "curves", "confusion"]
+
+
+# --- heavy imports with the garbage collector paused (cnnc.imports) -----------------------------------
+
+def _module_making_cycles(directory: Path, name: str) -> str:
+    """A module whose import makes 50,000 objects in reference cycles (and leaves them alive)."""
+    (directory / f"{name}.py").write_text("class Node:\n    pass\n\nNODES = [Node() for _ in range(50_000)]\n"
+                                          "for node in NODES:\n    node.self = node\n")
+    return name
+
+
+@pytest.fixture
+def collections() -> Iterator[list[int]]:
+    """The generation of each garbage collection that starts while the test runs."""
+    started: list[int] = []
+
+    def record(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started.append(info["generation"])
+
+    gc.callbacks.append(record)  # the collector calls the list it was given: in place, not replaced
+    yield started
+    gc.callbacks.remove(record)
+
+
+def test_a_heavy_import_runs_without_collections_and_what_it_made_is_frozen(tmp_path: Path, monkeypatch,
+                                                                             collections: list[int]) -> None:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    name = _module_making_cycles(tmp_path, "cycles_paused")
+    frozen = gc.get_freeze_count()
+    try:
+        with collector_paused(name):
+            importlib.import_module(name)
+            assert not gc.isenabled()
+        assert collections == []
+        assert gc.isenabled()
+        assert gc.get_freeze_count() >= frozen + 50_000
+    finally:
+        gc.unfreeze()  # the rest of the test session collects as before
+
+
+def test_a_module_imported_already_or_a_collector_turned_off_is_left_as_it_is(tmp_path: Path, monkeypatch,
+                                                                              collections: list[int]) -> None:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    name = _module_making_cycles(tmp_path, "cycles_collected")
+    frozen = gc.get_freeze_count()
+    with collector_paused("json"):  # imported already: the block runs with the collector as it was
+        importlib.import_module(name)
+    assert collections and gc.isenabled() and gc.get_freeze_count() == frozen
+    gc.disable()
+    try:
+        with collector_paused("cycles_not_imported"):
+            pass
+        assert not gc.isenabled() and gc.get_freeze_count() == frozen
+    finally:
+        gc.enable()
+
+
+@pytest.mark.parametrize("command", ["train", "export"])
+def test_train_and_export_import_torch_with_the_collector_paused(tmp_path: Path, command: str) -> None:
+    spec = tmp_path / "m.cnn"
+    spec.write_text(TINY_XO)
+    if command == "export":
+        assert main(["train", str(spec), "--limit-train", "64", "--limit-test", "16", "--quiet",
+                     "--out", str(tmp_path / "run")]) == 0
+    arguments = {"train": [str(spec), "--limit-train", "64", "--limit-test", "16", "--quiet", "--out", "new"],
+                 "export": ["run", "-o", "m.onnx"]}[command]
+    # A fresh process, in which the command is the first to import torch.
+    script = ("import gc, json, sys\nfrom cnnc.cli import main\ncode = main(sys.argv[1:])\n"
+              "print(json.dumps([code, gc.isenabled(), gc.get_freeze_count()]))")
+    result = subprocess.run([sys.executable, "-c", script, command, *arguments], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    code, enabled, frozen = json.loads(result.stdout.splitlines()[-1])
+    assert code == 0 and enabled, result.stderr
+    assert frozen > 100_000  # torch's objects (about 300,000)
 
 
 # --- what the overlaps must not change ---------------------------------------------------------------

@@ -71,6 +71,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from cnnc.errors import UsageError
+    from cnnc.imports import collector_paused
 
     if (args.spec is None) == (args.resume is None):
         raise UsageError("give a SPEC to train, or --resume RUN_DIR to continue a run (not both)")
@@ -83,7 +84,8 @@ def run_train(args: argparse.Namespace) -> int:
     overrides = Overrides(args.dataset, args.data, args.epochs, args.batch_size, args.lr, args.seed,
                           args.limit_train, args.limit_test)
     with _while_torch_imports(args.spec, overrides) as plots:
-        from cnnc.training.run import TrainRequest, train
+        with collector_paused("torch"):
+            from cnnc.training.run import TrainRequest, train
 
         mode = "json" if args.json else "quiet" if args.quiet else "text"
         return train(TrainRequest(args.spec, args.resume, args.out, overrides, args.device or "auto",

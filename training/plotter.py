@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from cnnc.imports import collector_paused
 from cnnc.training import reporting
 
 # How the helper is started (bench/run_overhead.py starts it through itself, to time it).
@@ -144,10 +145,11 @@ def _draw(job: Mapping[str, Any]) -> None:
 def _serve() -> None:
     replies, sys.stdout = sys.stdout, sys.stderr  # what a library prints must not pass for a reply
     try:
-        import matplotlib
+        with collector_paused("matplotlib.pyplot"):
+            import matplotlib
 
-        matplotlib.use("Agg")
-        from matplotlib import pyplot  # noqa: F401 - imported now, while the run imports torch
+            matplotlib.use("Agg")
+            from matplotlib import pyplot  # noqa: F401 - imported now, while the run imports torch
     except Exception:  # noqa: BLE001 - every job is then reported failed, and drawn (and fails) in the run
         pass
     drawings = [_start_drawing(line) for line in sys.stdin]
