@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import importlib.abc
 import json
 import os
@@ -194,9 +195,25 @@ def helper_child(report: Path) -> NoReturn:
     os._exit(0)  # as the helper does (see the end of cnnc/training/plotter.py)
 
 
+class CollectionTimer:
+    """The passes of Python's cyclic garbage collector in this process, and their seconds in all."""
+
+    def __init__(self) -> None:
+        self.passes, self.seconds, self.started = 0, 0.0, 0.0
+        gc.callbacks.append(self.observe)
+
+    def observe(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+        else:
+            self.passes += 1
+            self.seconds += time.perf_counter() - self.started
+
+
 def breakdown_child(report: Path, argv: list[str]) -> NoReturn:
     """Run `cnnc <argv>` in this process with the phases timed; write the intervals to `report`."""
     started = time.monotonic()
+    collections = CollectionTimer()
     recorder = Recorder()
     finder = TimingFinder(recorder)
     finder.helper_report = report.with_name(report.stem + "-helper.json")
@@ -212,6 +229,7 @@ def breakdown_child(report: Path, argv: list[str]) -> NoReturn:
     report.write_text(json.dumps({
         "code": code, "started": started, "ended": ended, "main_thread": threading.main_thread().name,
         "unpatched": sorted(expected - finder.patched),
+        "collections": {"passes": collections.passes, "seconds": collections.seconds},
         "intervals": [interval.to_json() for interval in recorder.intervals],
     }))
     sys.stderr.flush()
@@ -284,6 +302,9 @@ def breakdown_table(result: dict[str, Any]) -> list[str]:
     wall = result["exited"] - zero
     lines.append(f"| **whole process** | | | **{wall:.2f}** (steps {result['steps']:.2f}: "
                  f"{wall / result['steps']:.2f}x) |")
+    collections = result["collections"]
+    lines += ["", f"Python's garbage collector ran {collections['passes']} times in the main process, for "
+                  f"{collections['seconds']:.3f} s in all."]
     return lines
 
 
@@ -335,7 +356,8 @@ def report(spec: str, data: str | None, extra: Sequence[str], runs: list[Run], b
         "",
         f"**wall / steps: median {statistics.median(ratios):.2f}x, best {min(ratios):.2f}x, worst "
         f"{max(ratios):.2f}x** over {len(runs)} runs (the fastest run: {fastest.wall:.2f} s wall, "
-        f"{fastest.steps:.2f} s of steps, {fastest.ratio:.2f}x).",
+        f"{fastest.steps:.2f} s of steps, {fastest.ratio:.2f}x); outside the steps: median "
+        f"{statistics.median(run.wall - run.steps for run in runs):.2f} s.",
         "",
         "## Where the time goes (one more run, timed phase by phase)",
         "",

@@ -124,6 +124,15 @@ def test_a_plot_the_helper_cannot_write_raises_here_as_drawing_here_does(tmp_pat
     assert str(helped.value) == str(here.value)
 
 
+def test_the_helper_runs_with_one_openblas_thread(monkeypatch) -> None:
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "8")
+    monkeypatch.setattr(plotter, "HELPER_COMMAND",
+                        [sys.executable, "-c", "import os; print(os.environ['OPENBLAS_NUM_THREADS'])"])
+    helper = plotter.spawn_helper()
+    assert helper is not None
+    assert helper.communicate(timeout=60)[0].strip() == "1"
+
+
 def test_closing_ends_the_helper_without_drawing(tmp_path: Path) -> None:
     process = plotter.spawn_helper()
     assert process is not None
@@ -427,4 +436,4 @@ def test_the_overhead_benchmark_times_every_phase_of_a_tiny_run(tmp_path: Path) 
     for phase in ("import torch", "spec check", "model build", "training steps", "evaluation", "plot curves.png",
                   "plot confusion_matrix.png/json", "checkpoint write", "whole process"):
         assert f"| {phase}" in report or f"**{phase}" in report, phase
-    assert "wall / steps: median" in report
+    assert "wall / steps: median" in report and "Python's garbage collector ran" in report

@@ -103,10 +103,14 @@ class Plots:
 
 
 def spawn_helper() -> subprocess.Popen[str] | None:
-    """The helper process, started (None if it cannot be)."""
+    """The helper process, started (None if it cannot be).
+
+    It runs with one OpenBLAS thread: numpy's OpenBLAS starts a thread per core at import, which spin
+    for work the helper never gives them, on the cores the run is importing torch and loading data on
+    (0.15-0.3 s of CPU, measured with /usr/bin/time on the helper alone)."""
     try:
         return subprocess.Popen(HELPER_COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                start_new_session=True)
+                                start_new_session=True, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
     except OSError:
         return None
 
