@@ -2,6 +2,7 @@
 
     python bench/run_overhead.py --data ../shared/data/mnist                  # mnist_fast, 5 runs
     python bench/run_overhead.py --data DIR --runs 7 --write bench/RUN_OVERHEAD.md
+    python bench/run_overhead.py --download-from ../shared/data --runs 7   # MNIST as cnnc's download keeps it
     python bench/run_overhead.py --spec specs/xo.cnn --runs 1 --limit-train 64  # a quick try (xo needs no files)
 
 Each run is the command a user types, `python -m cnnc train SPEC --data DIR --out TMP --json`, in a
@@ -31,7 +32,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
+import http.server
 import importlib.abc
 import json
 import os
@@ -42,7 +45,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -76,6 +79,8 @@ TIMED_FUNCTIONS = (
     ("cnnc.training.plotter", "Plots.wait", "waiting for the plots"),
 )
 HELPER_THREAD = "plot helper process"
+# How the report names the temporary directory that --download-from trains on.
+DOWNLOADED = "DOWNLOADED"
 HELPER_CHILD_THREAD = "child of the plot helper"
 
 
@@ -308,6 +313,45 @@ def breakdown_table(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+@contextlib.contextmanager
+def downloaded_copy(spec: str, root: Path) -> Iterator[str]:
+    """The spec's dataset as a cnnc download leaves it: fetched by cnnc's own download
+    (cnnc.datasets.load_dataset with download=True) from `root`, laid out as a data root
+    (ROOT/mnist/...), served over HTTP on 127.0.0.1, into a temporary directory; yields that
+    directory, for --data."""
+    from cnnc.compiler.check import check_file
+    from cnnc.datasets import load_dataset
+    from cnnc.training.settings import Overrides, effective_config
+
+    program = check_file(Path(spec)).program
+    dataset = effective_config(program.train, Overrides()).dataset if program and program.train else None
+    if dataset is None:
+        raise SystemExit(f"{spec} names no dataset to download")
+    os.environ["no_proxy"] = os.environ["NO_PROXY"] = "127.0.0.1"  # a proxy from the environment must not see it
+    with tempfile.TemporaryDirectory(prefix="cnnc-downloaded-") as directory:
+        with _serving(root) as url:
+            for split in ("train", "test"):
+                load_dataset(dataset.name, split, directory, download=True, progress=False, mirror=url)
+        yield directory
+
+
+@contextlib.contextmanager
+def _serving(root: Path) -> Iterator[str]:
+    """An HTTP server for `root` on 127.0.0.1 while the block runs; yields its URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base class's name)
+        pass
+
+
 def versions() -> str:
     import numpy
     import torch
@@ -330,7 +374,7 @@ def machine() -> str:
 
 
 def report(spec: str, data: str | None, extra: Sequence[str], runs: list[Run], breakdown: dict[str, Any],
-           loads: tuple[tuple[float, ...], tuple[float, ...]], command: str) -> str:
+           loads: tuple[tuple[float, ...], tuple[float, ...]], command: str, download_from: str | None) -> str:
     ratios = [run.ratio for run in runs]
     fastest = min(runs, key=lambda run: run.wall)
     shown = " ".join(["-m cnnc train", *train_arguments(spec, data, Path("RUN_DIR"), extra), "--json"])
@@ -339,7 +383,9 @@ def report(spec: str, data: str | None, extra: Sequence[str], runs: list[Run], b
         "",
         f"Measured with `{command}` (the method is in the script's docstring). Each run is "
         f"`python {shown}` in a fresh process; *wall* is the whole process, *steps* the training steps' "
-        "time from the run's metrics.jsonl.",
+        "time from the run's metrics.jsonl."
+        + (f" {DOWNLOADED} is a temporary directory that cnnc's download filled from {download_from} (served on "
+           "127.0.0.1) before the runs: the data as a download leaves it." if download_from else ""),
         "",
         f"- machine: {machine()}",
         f"- versions: {versions()}",
@@ -374,7 +420,11 @@ def main() -> int:
         helper_child(Path(sys.argv[2]))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", default="specs/mnist_fast.cnn", help="the spec to train (default: mnist_fast)")
-    parser.add_argument("--data", help="the dataset's directory (passed to cnnc train --data)")
+    data = parser.add_mutually_exclusive_group()
+    data.add_argument("--data", help="the dataset's directory (passed to cnnc train --data)")
+    data.add_argument("--download-from", metavar="ROOT",
+                      help="have cnnc download the dataset from ROOT (a data root's layout, served on 127.0.0.1) "
+                           "into a temporary directory first, and train on that: the data as a download leaves it")
     parser.add_argument("--runs", type=int, default=5, help="plain runs (default: 5)")
     parser.add_argument("--limit-train", type=int, help="train on the first N images only (for a quick try)")
     parser.add_argument("--limit-test", type=int, help="test on the first N images only (for a quick try)")
@@ -384,17 +434,22 @@ def main() -> int:
         parser.error("--runs must be 1 or more")
     extra = [*(["--limit-train", str(args.limit_train)] if args.limit_train else []),
              *(["--limit-test", str(args.limit_test)] if args.limit_test else [])]
-    loads = os.getloadavg()
     runs = []
-    with tempfile.TemporaryDirectory(prefix="cnnc-run-overhead-") as scratch:
+    with contextlib.ExitStack() as stack:
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cnnc-run-overhead-")))
+        data = args.data
+        if args.download_from:
+            data = stack.enter_context(downloaded_copy(args.spec, Path(args.download_from)))
+        loads = os.getloadavg()
         for number in range(1, args.runs + 1):
-            run = plain_run(args.spec, args.data, Path(scratch) / f"run{number}", extra)
+            run = plain_run(args.spec, data, scratch / f"run{number}", extra)
             print(f"run {number}: wall {run.wall:.2f} s, steps {run.steps:.2f} s, {run.ratio:.2f}x "
                   f"(load {os.getloadavg()[0]:.2f})", flush=True)
             runs.append(run)
-        breakdown = breakdown_run(args.spec, args.data, Path(scratch) / "breakdown", extra)
+        breakdown = breakdown_run(args.spec, data, scratch / "breakdown", extra)
     command = "python bench/run_overhead.py " + " ".join(sys.argv[1:])
-    text = report(args.spec, args.data, extra, runs, breakdown, (loads, os.getloadavg()), command)
+    text = report(args.spec, DOWNLOADED if args.download_from else args.data, extra, runs, breakdown,
+                  (loads, os.getloadavg()), command, args.download_from)
     print(text)
     if args.write:
         write_keeping_notes(Path(args.write), text)

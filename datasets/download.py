@@ -2,7 +2,8 @@
 
 Every download goes to a temporary file in the target directory, is checked against its known
 checksum while it streams in, and only then is renamed into place (atomically), so a failed or
-tampered download never leaves a file that looks complete. Only http(s) URLs are fetched.
+tampered download never leaves a file that looks complete. A .gz whose decompressed content has a
+known checksum is put in place decompressed (see _download_decompressed). Only http(s) URLs are fetched.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from cnnc.datasets.files import Checksum, DataFile
+from cnnc.datasets.files import SLACK, Checksum, DataFile, gunzip
 from cnnc.datasets.registry import Archive, StandardDataset
 from cnnc.errors import CnncError
 
@@ -52,7 +53,10 @@ def download_files(
     for spec in files:
         if spec.gz_checksum is None:
             raise ValueError(f"{dataset.name} {spec.name} has no .gz checksum to verify a download with")
-        _download(base_url + spec.gz_name, directory / spec.gz_name, spec.gz_checksum, progress)
+        if spec.raw_checksum is None:  # only the .gz's checksum verifies this one: it stays compressed
+            _download(base_url + spec.gz_name, directory / spec.gz_name, spec.gz_checksum, progress)
+        else:
+            _download_decompressed(base_url + spec.gz_name, directory, spec, progress)
 
 
 def _make_directory(directory: Path) -> None:
@@ -67,6 +71,21 @@ def _download(url: str, target: Path, checksum: Checksum, progress: bool) -> Non
         _fetch(url, sink, checksum, progress)
         sink.close()
         _publish(temporary, target)
+
+
+def _download_decompressed(url: str, directory: Path, spec: DataFile, progress: bool) -> None:
+    """Fetch the .gz at `url`, verified, and put its content in place decompressed, as NAME: every load
+    then reads it without inflating it again (a third of a second of a core for MNIST's training images)
+    and verifies it by the checksum of the decompressed content, as strict as the .gz's."""
+    assert spec.gz_checksum is not None  # download_files fetches only files that have one
+    with _temporary_file(directory, spec.gz_name) as (compressed, sink):
+        _fetch(url, sink, spec.gz_checksum, progress)
+        sink.close()
+        content = gunzip(compressed, compressed.read_bytes(), limit=spec.raw_size + SLACK)
+    with _temporary_file(directory, spec.name) as (temporary, sink):
+        sink.write(content)
+        sink.close()
+        _publish(temporary, directory / spec.name)
 
 
 def _download_from_archive(

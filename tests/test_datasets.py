@@ -29,8 +29,9 @@ import numpy as np
 import pytest
 
 from cnnc.datasets import DATASETS, DEFAULT_DATA_ROOT, Dataset, load_dataset, split_validation
+from cnnc.datasets.download import download_files
 from cnnc.datasets.files import Checksum
-from cnnc.datasets.registry import CIFAR10, default_data_root
+from cnnc.datasets.registry import CIFAR10, MNIST, default_data_root
 from cnnc.datasets.standard import load_standard
 from cnnc.errors import CnncError
 
@@ -539,13 +540,27 @@ def _leftovers(directory: Path) -> list[str]:
     return sorted(path.name for path in directory.iterdir()) if directory.exists() else []
 
 
-def test_download_fetches_verifies_and_keeps_the_gz(tmp_path: Path, serve: functools.partial[str]) -> None:
+def test_download_fetches_verifies_and_keeps_the_content_decompressed(tmp_path: Path,
+                                                                      serve: functools.partial[str]) -> None:
     mirror = serve(_mnist_mirror(tmp_path / "mirror"))
     target = tmp_path / "data" / "mnist"
     ds = load_dataset("mnist", "test", target, download=True, progress=False, mirror=mirror)
     assert np.bincount(ds.labels).tolist() == MNIST_TEST_HISTOGRAM
-    assert _leftovers(target) == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
-    assert (target / "t10k-labels-idx1-ubyte.gz").read_bytes() == (MNIST_DIR / "t10k-labels-idx1-ubyte.gz").read_bytes()
+    assert _leftovers(target) == ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]  # no .gz, no partial file
+    for name in _leftovers(target):
+        assert (target / name).read_bytes() == _raw(MNIST_DIR / f"{name}.gz")
+        assert (target / name).stat().st_mode & 0o777 == 0o644
+
+
+def test_a_download_only_its_gz_checksum_verifies_stays_compressed(tmp_path: Path,
+                                                                   serve: functools.partial[str]) -> None:
+    # As Fashion-MNIST's images: no checksum of their decompressed content is known.
+    mirror = serve(_mnist_mirror(tmp_path / "mirror"))
+    labels = dataclasses.replace(MNIST.files["test"][1], raw_checksum=None)
+    download_files(MNIST, [labels], tmp_path / "data", progress=False, mirror=mirror)
+    assert _leftovers(tmp_path / "data") == ["t10k-labels-idx1-ubyte.gz"]
+    assert (tmp_path / "data" / "t10k-labels-idx1-ubyte.gz").read_bytes() == (
+        MNIST_DIR / "t10k-labels-idx1-ubyte.gz").read_bytes()
 
 
 def test_download_mirror_from_the_environment_and_only_missing_files(
@@ -575,7 +590,7 @@ def test_download_with_a_wrong_checksum_saves_nothing(tmp_path: Path, serve: fun
     assert f"the download of {mirror}/mnist/t10k-labels-idx1-ubyte.gz is corrupt" in message
     assert f"its md5 is {hashlib.md5(tampered).hexdigest()}, expected ec29112dd5afa0611ce80d1b7f02629c" in message
     assert "Put them in that directory" in message
-    assert _leftovers(target) == ["t10k-images-idx3-ubyte.gz"]  # the good file stays, no partial file
+    assert _leftovers(target) == ["t10k-images-idx3-ubyte"]  # the good file stays, no partial file
 
 
 def test_download_http_error_and_no_server(tmp_path: Path, serve: functools.partial[str]) -> None:

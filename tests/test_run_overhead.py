@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import importlib.util
 import json
 import os
 import signal
@@ -424,6 +425,21 @@ def test_evaluation_runs_the_forward_pass_with_batch_norms_folded(tmp_path: Path
 
 
 # --- the benchmark ---------------------------------------------------------------------------------
+
+def test_the_benchmark_can_train_on_the_data_as_a_download_leaves_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = importlib.util.spec_from_file_location("run_overhead", REPO / "bench" / "run_overhead.py")
+    assert spec is not None and spec.loader is not None
+    benchmark = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "run_overhead", benchmark)  # where its dataclasses look themselves up
+    monkeypatch.setenv("no_proxy", "127.0.0.1")  # set by downloaded_copy: restored after the test
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    spec.loader.exec_module(benchmark)
+    with benchmark.downloaded_copy(str(REPO / "specs" / "mnist_fast.cnn"), MNIST_DIR.parent) as directory:
+        kept = sorted(path.name for path in Path(directory).iterdir())
+        assert kept == sorted(path.name.removesuffix(".gz") for path in MNIST_DIR.glob("*-ubyte.gz"))
+    assert not Path(directory).exists()
+
 
 @pytest.mark.slow
 def test_the_overhead_benchmark_times_every_phase_of_a_tiny_run(tmp_path: Path) -> None:
