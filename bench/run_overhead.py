@@ -79,9 +79,9 @@ TIMED_FUNCTIONS = (
     ("cnnc.training.plotter", "Plots.wait", "waiting for the plots"),
 )
 HELPER_THREAD = "plot helper process"
+HELPER_CHILD_THREAD = "child of the plot helper"
 # How the report names the temporary directory that --download-from trains on.
 DOWNLOADED = "DOWNLOADED"
-HELPER_CHILD_THREAD = "child of the plot helper"
 
 
 # --- the breakdown child ---------------------------------------------------------------------------

@@ -75,7 +75,7 @@ def _download(url: str, target: Path, checksum: Checksum, progress: bool) -> Non
 
 def _download_decompressed(url: str, directory: Path, spec: DataFile, progress: bool) -> None:
     """Fetch the .gz at `url`, verified, and put its content in place decompressed, as NAME: every load
-    then reads it without inflating it again (a third of a second of a core for MNIST's training images)
+    then reads it without inflating it again (0.2-0.3 s of a core for MNIST's training images)
     and verifies it by the checksum of the decompressed content, as strict as the .gz's."""
     assert spec.gz_checksum is not None  # download_files fetches only files that have one
     with _temporary_file(directory, spec.gz_name) as (compressed, sink):
