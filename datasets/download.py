@@ -83,8 +83,11 @@ def _download_decompressed(url: str, directory: Path, spec: DataFile, progress: 
         sink.close()
         content = gunzip(compressed, compressed.read_bytes(), limit=spec.raw_size + SLACK)
     with _temporary_file(directory, spec.name) as (temporary, sink):
-        sink.write(content)
-        sink.close()
+        try:
+            sink.write(content)
+            sink.close()
+        except OSError as error:  # a full disk, say
+            raise CnncError(f"cannot write {directory / spec.name}: {error.strerror or error}") from None
         _publish(temporary, directory / spec.name)
 
 

@@ -6,6 +6,7 @@ them. The downloader is exercised only against an HTTP server on 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import gzip
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cnnc.datasets import DATASETS, DEFAULT_DATA_ROOT, Dataset, load_dataset, split_validation
+from cnnc.datasets import DATASETS, DEFAULT_DATA_ROOT, Dataset, download, load_dataset, split_validation
 from cnnc.datasets.download import download_files
 from cnnc.datasets.files import Checksum
 from cnnc.datasets.registry import CIFAR10, MNIST, default_data_root
@@ -550,6 +551,30 @@ def test_download_fetches_verifies_and_keeps_the_content_decompressed(tmp_path: 
     for name in _leftovers(target):
         assert (target / name).read_bytes() == _raw(MNIST_DIR / f"{name}.gz")
         assert (target / name).stat().st_mode & 0o777 == 0o644
+
+
+def test_a_decompressed_download_that_cannot_be_written_says_so_and_leaves_nothing(
+        tmp_path: Path, serve: functools.partial[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    mirror = serve(_mnist_mirror(tmp_path / "mirror"))
+    temporary_file = download._temporary_file
+
+    class FullDisk:
+        def write(self, data: bytes) -> int:
+            raise OSError(28, "No space left on device")
+
+        def close(self) -> None:
+            pass
+
+    @contextlib.contextmanager
+    def on_a_full_disk(directory: Path, name: str) -> Iterator[tuple[Path, Any]]:
+        with temporary_file(directory, name) as (path, sink):  # the .gz is written; its content is not
+            yield (path, sink if name.endswith(".gz") else FullDisk())
+
+    monkeypatch.setattr(download, "_temporary_file", on_a_full_disk)
+    target = tmp_path / "data"
+    with pytest.raises(CnncError, match=r"cannot write .*t10k-labels-idx1-ubyte: No space left on device"):
+        download_files(MNIST, [MNIST.files["test"][1]], target, progress=False, mirror=mirror)
+    assert _leftovers(target) == []
 
 
 def test_a_download_only_its_gz_checksum_verifies_stays_compressed(tmp_path: Path,
