@@ -24,8 +24,10 @@ t10k-labels-idx1-ubyte); CIFAR-10 is the binary version's data_batch_1.bin ... d
 and test_batch.bin.
 
 With download=True, missing files are fetched from the canonical source, or from the mirror
-given by `mirror` or $CNNC_DATASET_MIRROR (laid out as MIRROR/<folder>/<file>), verified against
-their checksums. `cnnc train` downloads on first use (unless --no-download).
+given by `mirror` or $CNNC_DATASET_MIRROR (laid out as MIRROR/<folder>/<file as published>),
+verified against their checksums. `cnnc train` downloads on first use (unless --no-download). A
+download keeps a .gz decompressed where the checksum of its content is known (MNIST's four files,
+Fashion-MNIST's labels).
 """
 
 from __future__ import annotations

@@ -33,8 +33,8 @@ TIMEOUT_S = 60
 
 def source_url(dataset: StandardDataset, mirror: str | None) -> str:
     """The base URL to fetch `dataset` from: MIRROR/FOLDER/ when a mirror is given or set in
-    $CNNC_DATASET_MIRROR (the same layout as the data root, so a copy of it can serve as a mirror),
-    else the dataset's canonical source."""
+    $CNNC_DATASET_MIRROR (the data root's folders, holding the files as their source publishes them:
+    NAME.gz, CIFAR-10's tarball), else the dataset's canonical source."""
     mirror = mirror or os.environ.get(MIRROR_ENV)
     if mirror:
         return f"{mirror.rstrip('/')}/{dataset.folder}/"
