@@ -248,6 +248,30 @@ def test_only_a_batch_norm_that_alone_reads_a_convolution_is_folded(layers: str,
         torch.testing.assert_close(module.folded()(x), module(x), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("pool, replaced", [
+    ("maxpool(2)", True),  # 9x9 -> 4x4: the last row and column are read by no window
+    ("maxpool(2, stride=1)", False),
+    ("maxpool(3, stride=2)", False),
+    ("maxpool(2, padding=same)", False),  # 9 -> 5: the last window reaches into padding
+    ("maxpool(2, ceil_mode=true)", False),
+])
+def test_folded_2x2_max_pools_of_stride_2_take_the_maxima_of_pairs(pool: str, replaced: bool,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    module = build_module(graph_of(f"model m {{\n input x(4, 9, 9)\n {pool}\n flatten\n}}\n")).eval()
+    x = torch.randn(2, 4, 9, 9)
+    x[0, 0, 0, 0] = float("nan")
+    x[0, 1, 2:4, 2:4] = float("-inf")
+    x[1, 2, 4:6, 4:6] = torch.tensor([[0.0, -0.0], [-0.0, 0.0]])
+    calls: list[torch.Tensor] = []
+    max_of_pairs = pytorch_backend._max_of_pairs
+    monkeypatch.setattr(pytorch_backend, "_max_of_pairs", lambda x: (calls.append(x), max_of_pairs(x))[1])
+    with torch.inference_mode():
+        for memory_format in (torch.contiguous_format, torch.channels_last):
+            laid_out = x.contiguous(memory_format=memory_format)
+            torch.testing.assert_close(module.folded()(laid_out), module(laid_out), rtol=0, atol=0, equal_nan=True)
+    assert len(calls) == (2 if replaced else 0)
+
+
 def test_folded_weights_are_taken_when_asked_and_only_for_evaluation() -> None:
     module = with_trained_values(build_module(graph_of(
         "model m {\n input x(2, 5, 5)\n conv(3, kernel=3) -> batchnorm\n flatten\n}\n"), seed=8), seed=9)
