@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import io
 import os
 import shutil
 import sys
@@ -78,10 +79,9 @@ def _download_decompressed(url: str, directory: Path, spec: DataFile, progress: 
     then reads it without inflating it again (0.2-0.3 s of a core for MNIST's training images)
     and verifies it by the checksum of the decompressed content, as strict as the .gz's."""
     assert spec.gz_checksum is not None  # download_files fetches only files that have one
-    with _temporary_file(directory, spec.gz_name) as (compressed, sink):
-        _fetch(url, sink, spec.gz_checksum, progress)
-        sink.close()
-        content = gunzip(compressed, compressed.read_bytes(), limit=spec.raw_size + SLACK)
+    compressed = io.BytesIO()  # a few MB: held in memory, not written and read back
+    _fetch(url, compressed, spec.gz_checksum, progress)
+    content = gunzip(directory / spec.gz_name, compressed.getvalue(), limit=spec.raw_size + SLACK)
     with _temporary_file(directory, spec.name) as (temporary, sink):
         try:
             sink.write(content)

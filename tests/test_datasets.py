@@ -567,8 +567,8 @@ def test_a_decompressed_download_that_cannot_be_written_says_so_and_leaves_nothi
 
     @contextlib.contextmanager
     def on_a_full_disk(directory: Path, name: str) -> Iterator[tuple[Path, Any]]:
-        with temporary_file(directory, name) as (path, sink):  # the .gz is written; its content is not
-            yield (path, sink if name.endswith(".gz") else FullDisk())
+        with temporary_file(directory, name) as (path, _):
+            yield (path, FullDisk())
 
     monkeypatch.setattr(download, "_temporary_file", on_a_full_disk)
     target = tmp_path / "data"

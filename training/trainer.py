@@ -10,7 +10,8 @@ On CPU a resumed run therefore ends with bit-identical weights to an uninterrupt
 Evaluation (validation, test) uses `evaluated_model()`: the weight average's module when there is
 one, else the trained module; with `tta`, its outputs averaged over the test-time views. It runs the
 module's `folded()` forward pass: batch norms folded into the convolutions before them, as inference
-engines do, so the metrics equal those of `forward` up to float rounding.
+engines do, and on a CPU 2x2 max pools as maxima of pairs, so the metrics equal those of `forward` up
+to float rounding.
 
 Synchronisation: reading a value of the device on the host (a loss, to check it and add it up) waits
 for the device to finish all the work queued so far. On CUDA the steps' losses therefore stay on the
