@@ -3,6 +3,7 @@ units and labels, and extending a finished run with --resume --epochs."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -112,6 +113,35 @@ def test_confusion_matrix_class_labels_do_not_overlap() -> None:
     assert len(boxes) == 10
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
     assert all(box.x0 >= 0 and box.y0 >= 0 for box in boxes)  # inside the picture
+
+
+FIGURES = {
+    "curves": lambda: curves_figure([{"epoch": e, "train_loss": 1 / e, "train_accuracy": 0.5 + e / 10,
+                                      "val_loss": 2 / e, "val_accuracy": 0.4 + e / 10} for e in (1, 2, 3)], "m"),
+    "confusion": lambda: confusion_figure(np.arange(100, dtype=np.int64).reshape(10, 10), list("0123456789"), "m"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FIGURES))
+def test_a_figure_is_drawn_once_when_saved_and_the_file_is_what_tight_layout_gives(name: str) -> None:
+    from matplotlib import pyplot as plt
+    from matplotlib.layout_engine import PlaceHolderLayoutEngine
+
+    def saved(figure) -> tuple[bytes, int]:
+        draws: list[object] = []
+        figure.canvas.mpl_connect("draw_event", draws.append)
+        file = io.BytesIO()
+        figure.savefig(file, dpi=100)
+        plt.close(figure)
+        return file.getvalue(), len(draws)
+
+    as_drawn, draws = saved(FIGURES[name]())
+    assert draws == 1
+    with_engine = FIGURES[name]()
+    with_engine.set_layout_engine(PlaceHolderLayoutEngine(True, True))  # what tight_layout() leaves behind
+    as_matplotlib_saves_it, draws_with_engine = saved(with_engine)
+    assert draws_with_engine == 2
+    assert as_drawn == as_matplotlib_saves_it
 
 
 def test_resume_with_more_epochs_continues_a_finished_run_exactly(tmp_path: Path) -> None:
