@@ -298,15 +298,17 @@ def test_a_module_imported_already_or_a_collector_turned_off_is_left_as_it_is(tm
         gc.enable()
 
 
-@pytest.mark.parametrize("command", ["train", "export"])
-def test_train_and_export_import_torch_with_the_collector_paused(tmp_path: Path, command: str) -> None:
+@pytest.mark.parametrize("command", ["train", "export", "quantize"])
+def test_the_commands_that_import_torch_do_it_with_the_collector_paused(tmp_path: Path, command: str) -> None:
     spec = tmp_path / "m.cnn"
     spec.write_text(TINY_XO)
-    if command == "export":
+    if command != "train":
         assert main(["train", str(spec), "--limit-train", "64", "--limit-test", "16", "--quiet",
                      "--out", str(tmp_path / "run")]) == 0
     arguments = {"train": [str(spec), "--limit-train", "64", "--limit-test", "16", "--quiet", "--out", "new"],
-                 "export": ["run", "-o", "m.onnx"]}[command]
+                 "export": ["run", "-o", "m.onnx"],
+                 "quantize": ["run", "-o", "m.int8.onnx", "--calibration", "16", "--limit", "16", "--max-drop", "100"],
+                 }[command]
     # A fresh process, in which the command is the first to import torch.
     script = ("import gc, json, sys\nfrom cnnc.cli import main\ncode = main(sys.argv[1:])\n"
               "print(json.dumps([code, gc.isenabled(), gc.get_freeze_count()]))")
