@@ -307,7 +307,7 @@ def test_the_commands_that_import_torch_do_it_with_the_collector_paused(tmp_path
                      "--out", str(tmp_path / "run")]) == 0
     arguments = {"train": [str(spec), "--limit-train", "64", "--limit-test", "16", "--quiet", "--out", "new"],
                  "export": ["run", "-o", "m.onnx"],
-                 "quantize": ["run", "-o", "m.int8.onnx", "--calibration", "16", "--limit", "16", "--max-drop", "100"],
+                 "quantize": ["run", "-o", "m.int8.onnx", "--calibration", "16", "--limit", "16", "--max-drop", "100"]
                  }[command]
     # A fresh process, in which the command is the first to import torch.
     script = ("import gc, json, sys\nfrom cnnc.cli import main\ncode = main(sys.argv[1:])\n"

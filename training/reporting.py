@@ -208,7 +208,7 @@ def _laid_out(figure: Figure) -> Figure:
     """`figure` with tight_layout's margins applied once. tight_layout() leaves a placeholder layout
     engine behind, and savefig draws a figure with any engine twice (a first pass that renders
     nothing, for engines that lay out at draw time): a quarter to a third of saving these figures.
-    Without the engine the file is the same, byte for byte (tests/test_reporting.py)."""
+    Without the engine the file is the same, byte for byte (tests/test_train_reporting.py)."""
     figure.tight_layout()
     figure.set_layout_engine(None)
     return figure
