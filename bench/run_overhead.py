@@ -3,6 +3,7 @@
     python bench/run_overhead.py --data ../shared/data/mnist                  # mnist_fast, 5 runs
     python bench/run_overhead.py --data DIR --runs 7 --write bench/RUN_OVERHEAD.md
     python bench/run_overhead.py --download-from ../shared/data --runs 7   # MNIST as cnnc's download keeps it
+    python bench/run_overhead.py --download-from ../shared/data --runs 7 --hand-written   # and beside a script
     python bench/run_overhead.py --spec specs/xo.cnn --runs 1 --limit-train 64  # a quick try (xo needs no files)
 
 Each run is the command a user types, `python -m cnnc train SPEC --data DIR --out TMP --json`, in a
@@ -14,6 +15,10 @@ divided by the epoch's images per second, which the trainer measures over its st
 validation). The ratio wall / steps is what a one-epoch run pays beyond its steps; the target for
 mnist_fast is at most 1.25x. Each run's ratio is its own (wall and steps under the same load), and
 the median and the best of the runs are reported.
+
+With --hand-written, each plain run is followed by a run of bench/hand_mnist_fast.py on the same data:
+the same epoch of mnist_fast as a hand-written PyTorch script, timed the same way, so that the report
+shows what any PyTorch program pays outside its steps on the machine at that moment, beside cnnc.
 
 After the plain runs, one more run, in this script's own process tree but as its own process,
 breaks the time down: `--breakdown-child` runs `cnnc.cli.main` with timers wrapped around the
@@ -80,6 +85,9 @@ TIMED_FUNCTIONS = (
 )
 HELPER_THREAD = "plot helper process"
 HELPER_CHILD_THREAD = "child of the plot helper"
+# The same epoch of mnist_fast as a hand-written PyTorch script (--hand-written).
+HAND_WRITTEN = ROOT / "bench" / "hand_mnist_fast.py"
+HAND_WRITTEN_SPEC = "specs/mnist_fast.cnn"
 # How the report names the temporary directory that --download-from trains on.
 DOWNLOADED = "DOWNLOADED"
 
@@ -264,6 +272,19 @@ def plain_run(spec: str, data: str | None, out: Path, extra: Sequence[str]) -> R
     return Run(run.wall_seconds, step_seconds(out), run.final["test_accuracy"])
 
 
+def hand_written_run(data: str, extra: Sequence[str]) -> Run:
+    """One run of bench/hand_mnist_fast.py (mnist_fast as a hand-written PyTorch script), timed as a
+    plain run is; its steps are timed by the script around its training loop."""
+    command = [sys.executable, str(HAND_WRITTEN), "--data", data, *extra]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{HAND_WRITTEN.name} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.splitlines()[-1])
+    return Run(wall, result["steps_seconds"], result["test_accuracy"])
+
+
 def _records(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
@@ -373,8 +394,9 @@ def machine() -> str:
     return describe()
 
 
-def report(spec: str, data: str | None, extra: Sequence[str], runs: list[Run], breakdown: dict[str, Any],
-           loads: tuple[tuple[float, ...], tuple[float, ...]], command: str, download_from: str | None) -> str:
+def report(spec: str, data: str | None, extra: Sequence[str], runs: list[Run], hand_runs: list[Run],
+           breakdown: dict[str, Any], loads: tuple[tuple[float, ...], tuple[float, ...]], command: str,
+           download_from: str | None) -> str:
     ratios = [run.ratio for run in runs]
     fastest = min(runs, key=lambda run: run.wall)
     shown = " ".join(["-m cnnc train", *train_arguments(spec, data, Path("RUN_DIR"), extra), "--json"])
@@ -405,12 +427,41 @@ def report(spec: str, data: str | None, extra: Sequence[str], runs: list[Run], b
         f"{fastest.steps:.2f} s of steps, {fastest.ratio:.2f}x); outside the steps: median "
         f"{statistics.median(run.wall - run.steps for run in runs):.2f} s.",
         "",
+        *(hand_written_section(runs, hand_runs, data, extra) if hand_runs else []),
         "## Where the time goes (one more run, timed phase by phase)",
         "",
         *breakdown_table(breakdown),
         "",
     ]
     return "\n".join(lines)
+
+
+def hand_written_section(runs: list[Run], hand_runs: list[Run], data: str | None, extra: Sequence[str]) -> list[str]:
+    """The plain runs beside the hand-written script's, run N of each one after the other."""
+    script = " ".join(["python", str(HAND_WRITTEN.relative_to(ROOT)), "--data", str(data), *extra])
+    lines = [
+        "## Beside a hand-written PyTorch script",
+        "",
+        f"After each plain run, `{script}`: the same epoch of the same network, written as the PyTorch "
+        "tutorials write it (NCHW, torch.optim, a plain loop, the test set in batches of 1000 under no_grad; "
+        "no plots, checkpoints or run files), in a fresh process timed the same way. Its steps are timed "
+        "around its training loop.",
+        "",
+        "| run | cnnc: outside the steps (s) | cnnc: wall / steps | script: wall (s) | script: steps (s) "
+        "| script: outside the steps (s) | script: wall / steps | script: test accuracy |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for number, (run, hand) in enumerate(zip(runs, hand_runs), 1):
+        lines.append(f"| {number} | {run.wall - run.steps:.2f} | {run.ratio:.2f}x | {hand.wall:.2f} | {hand.steps:.2f} "
+                     f"| {hand.wall - hand.steps:.2f} | {hand.ratio:.2f}x | {hand.test_accuracy:.2%} |")
+    return lines + [
+        "",
+        f"**Outside the steps, median: cnnc {statistics.median(run.wall - run.steps for run in runs):.2f} s, the "
+        f"script {statistics.median(hand.wall - hand.steps for hand in hand_runs):.2f} s**; wall / steps, median: "
+        f"cnnc {statistics.median(run.ratio for run in runs):.2f}x, the script "
+        f"{statistics.median(hand.ratio for hand in hand_runs):.2f}x.",
+        "",
+    ]
 
 
 def main() -> int:
@@ -428,13 +479,18 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5, help="plain runs (default: 5)")
     parser.add_argument("--limit-train", type=int, help="train on the first N images only (for a quick try)")
     parser.add_argument("--limit-test", type=int, help="test on the first N images only (for a quick try)")
+    parser.add_argument("--hand-written", action="store_true",
+                        help=f"after each plain run, run {HAND_WRITTEN.name} (mnist_fast as a hand-written PyTorch "
+                             "script) on the same data, and compare")
     parser.add_argument("--write", metavar="FILE", help="also write the report as markdown to FILE")
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be 1 or more")
+    if args.hand_written and (args.spec != HAND_WRITTEN_SPEC or not (args.data or args.download_from)):
+        parser.error(f"--hand-written compares {HAND_WRITTEN_SPEC} only, and needs --data or --download-from")
     extra = [*(["--limit-train", str(args.limit_train)] if args.limit_train else []),
              *(["--limit-test", str(args.limit_test)] if args.limit_test else [])]
-    runs = []
+    runs, hand_runs = [], []
     with contextlib.ExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cnnc-run-overhead-")))
         data = args.data
@@ -446,9 +502,14 @@ def main() -> int:
             print(f"run {number}: wall {run.wall:.2f} s, steps {run.steps:.2f} s, {run.ratio:.2f}x "
                   f"(load {os.getloadavg()[0]:.2f})", flush=True)
             runs.append(run)
+            if args.hand_written:
+                hand = hand_written_run(data, extra)
+                print(f"script {number}: wall {hand.wall:.2f} s, steps {hand.steps:.2f} s, {hand.ratio:.2f}x",
+                      flush=True)
+                hand_runs.append(hand)
         breakdown = breakdown_run(args.spec, data, scratch / "breakdown", extra)
     command = "python bench/run_overhead.py " + " ".join(sys.argv[1:])
-    text = report(args.spec, DOWNLOADED if args.download_from else args.data, extra, runs, breakdown,
+    text = report(args.spec, DOWNLOADED if args.download_from else args.data, extra, runs, hand_runs, breakdown,
                   (loads, os.getloadavg()), command, args.download_from)
     print(text)
     if args.write:

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from cnnc.cli import main
-from cnnc.compiler.backends.pytorch import CnncModule
+from cnnc.compiler.backends.pytorch import CnncModule, build_module
 from cnnc.compiler.check import check_file
 from cnnc.datasets import standard
 from cnnc.datasets.registry import MNIST
@@ -458,3 +458,43 @@ def test_the_overhead_benchmark_times_every_phase_of_a_tiny_run(tmp_path: Path) 
                   "plot confusion_matrix.png/json", "checkpoint write", "whole process"):
         assert f"| {phase}" in report or f"**{phase}" in report, phase
     assert "wall / steps: median" in report and "Python's garbage collector ran" in report
+
+
+def _hand_written_script():
+    spec = importlib.util.spec_from_file_location("hand_mnist_fast", REPO / "bench" / "hand_mnist_fast.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_the_hand_written_script_builds_the_specs_network() -> None:
+    """bench/hand_mnist_fast.py's nn.Sequential, given the lowered mnist_fast's weights in order,
+    computes what the lowered module computes: the comparison is between the same networks."""
+    program = check_file(REPO / "specs" / "mnist_fast.cnn").program
+    assert program is not None
+    lowered = build_module(program.graph, seed=1).eval()
+    hand = _hand_written_script().network().eval()
+    hand_state = [tensor for name, tensor in hand.state_dict().items() if not name.endswith("num_batches_tracked")]
+    with torch.no_grad():
+        for tensor in lowered.state_dict().values():
+            if tensor.dim() == 1 and tensor.is_floating_point():  # batch norm's scales and statistics not 1 and 0
+                tensor.uniform_(0.5, 1.5)
+        for target, source in zip(hand_state, lowered.state_dict().values(), strict=True):
+            target.copy_(source)
+    x = torch.randn(8, 1, 28, 28)
+    with torch.inference_mode():
+        torch.testing.assert_close(hand(x), lowered(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_the_overhead_benchmark_runs_the_hand_written_script_beside_cnnc(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "run_overhead.py"), "--data", str(MNIST_DIR),
+                             "--runs", "1", "--limit-train", "256", "--limit-test", "100", "--hand-written",
+                             "--write", str(tmp_path / "report.md")],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    report = (tmp_path / "report.md").read_text()
+    row = next(line for line in report.splitlines() if line.startswith("| 1 |") and line.count("|") == 9)
+    script_accuracy = float(row.split("|")[8].strip().removesuffix("%"))
+    assert 0 <= script_accuracy <= 100 and "**Outside the steps, median: cnnc" in report
