@@ -3,12 +3,12 @@ runs and reports what the GPU machine's run would report, from tiny inputs."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 from pathlib import Path
 
 import numpy as np
+from bench_scripts import load_bench_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
@@ -21,14 +21,6 @@ TINY_SPEC = """model tiny {
 }
 train { dataset npz("tiny.npz"); batch 64; epochs 3 }
 """
-
-
-def gpu_check_module():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_cpu_form_of_every_part_runs_and_reports(tmp_path) -> None:
@@ -71,7 +63,7 @@ def test_the_cpu_form_of_every_part_runs_and_reports(tmp_path) -> None:
 
 
 def test_run_figures_add_up_the_steps_and_estimate_warm_epochs(tmp_path) -> None:
-    gpu_check = gpu_check_module()
+    gpu_check = load_bench_script("gpu_check")
     times = ((1, 10.0), (2, 2.0), (3, 3.0))  # (epoch, seconds of steps) for 1000 images
     epochs = [{"epoch": e, "train_loss": 1.0, "train_accuracy": 0.5, "val_loss": None, "val_accuracy": None,
                "lr": 0.1, "seconds": s + 0.5, "images_per_second": 1000 / s} for e, s in times]
@@ -86,7 +78,7 @@ def test_run_figures_add_up_the_steps_and_estimate_warm_epochs(tmp_path) -> None
 
 
 def test_missing_cifar_files_are_named(tmp_path) -> None:
-    gpu_check = gpu_check_module()
+    gpu_check = load_bench_script("gpu_check")
     folder = tmp_path / "cifar-10"
     folder.mkdir()
     for name in ("data_batch_1.bin.gz", "data_batch_2.bin", "data_batch_3.bin.gz", "data_batch_4.bin.gz"):

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from bench_scripts import load_bench_script
 
 from cnnc.cli import main
 from cnnc.compiler.backends.pytorch import CnncModule, build_module
@@ -432,14 +433,10 @@ def test_evaluation_runs_the_forward_pass_with_batch_norms_folded(tmp_path: Path
 # --- the benchmark ---------------------------------------------------------------------------------
 
 def test_the_benchmark_can_train_on_the_data_as_a_download_leaves_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    spec = importlib.util.spec_from_file_location("run_overhead", REPO / "bench" / "run_overhead.py")
-    assert spec is not None and spec.loader is not None
-    benchmark = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "run_overhead", benchmark)  # where its dataclasses look themselves up
     monkeypatch.setenv("no_proxy", "127.0.0.1")  # set by downloaded_copy: restored after the test
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    monkeypatch.syspath_prepend(str(REPO / "bench"))
-    spec.loader.exec_module(benchmark)
+    monkeypatch.syspath_prepend(str(REPO / "bench"))  # for its own imports
+    benchmark = load_bench_script("run_overhead", monkeypatch)
     with benchmark.downloaded_copy(str(REPO / "specs" / "mnist_fast.cnn"), MNIST_DIR.parent) as directory:
         kept = sorted(path.name for path in Path(directory).iterdir())
         assert kept == sorted(path.name.removesuffix(".gz") for path in MNIST_DIR.glob("*-ubyte.gz"))
@@ -460,21 +457,13 @@ def test_the_overhead_benchmark_times_every_phase_of_a_tiny_run(tmp_path: Path) 
     assert "wall / steps: median" in report and "Python's garbage collector ran" in report
 
 
-def _hand_written_script():
-    spec = importlib.util.spec_from_file_location("hand_mnist_fast", REPO / "bench" / "hand_mnist_fast.py")
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
-
-
 def test_the_hand_written_script_builds_the_specs_network() -> None:
     """bench/hand_mnist_fast.py's nn.Sequential, given the lowered mnist_fast's weights in order,
     computes what the lowered module computes: the comparison is between the same networks."""
     program = check_file(REPO / "specs" / "mnist_fast.cnn").program
     assert program is not None
     lowered = build_module(program.graph, seed=1).eval()
-    hand = _hand_written_script().network().eval()
+    hand = load_bench_script("hand_mnist_fast").network().eval()
     hand_state = [tensor for name, tensor in hand.state_dict().items() if not name.endswith("num_batches_tracked")]
     with torch.no_grad():
         for tensor in lowered.state_dict().values():
