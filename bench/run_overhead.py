@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_results import run_train  # noqa: E402
+from train_results import run_timed, run_train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -275,13 +275,8 @@ def plain_run(spec: str, data: str | None, out: Path, extra: Sequence[str]) -> R
 def hand_written_run(data: str, extra: Sequence[str]) -> Run:
     """One run of bench/hand_mnist_fast.py (mnist_fast as a hand-written PyTorch script), timed as a
     plain run is; its steps are timed by the script around its training loop."""
-    command = [sys.executable, str(HAND_WRITTEN), "--data", data, *extra]
-    started = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"{HAND_WRITTEN.name} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    result = json.loads(done.stdout.splitlines()[-1])
+    wall, stdout = run_timed([sys.executable, str(HAND_WRITTEN), "--data", data, *extra], HAND_WRITTEN.name)
+    result = json.loads(stdout.splitlines()[-1])
     return Run(wall, result["steps_seconds"], result["test_accuracy"])
 
 

@@ -41,15 +41,21 @@ class TrainRun:
     final: dict
 
 
-def run_train(arguments: list[str], label: str) -> TrainRun:
-    """`python -m cnnc train ARGUMENTS --json` from the repository's root, timed; exits on failure."""
-    command = [sys.executable, "-m", "cnnc", "train", *arguments, "--json"]
+def run_timed(command: list[str], label: str) -> tuple[float, str]:
+    """(wall seconds, stdout) of `command` run from the repository's root; exits on failure."""
     started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"{label} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return wall, done.stdout
+
+
+def run_train(arguments: list[str], label: str) -> TrainRun:
+    """`python -m cnnc train ARGUMENTS --json` from the repository's root, timed; exits on failure."""
+    command = [sys.executable, "-m", "cnnc", "train", *arguments, "--json"]
+    wall, stdout = run_timed(command, label)
+    events = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
     return TrainRun(" ".join(["python -m cnnc", *command[3:]]), wall,
                     [event for event in events if event["event"] == "epoch"],
                     next(event for event in events if event["event"] == "done"))
